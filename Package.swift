@@ -1,0 +1,50 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Layers (swift-nio style): a pure TCP-AO core with no I/O, then thin shells.
+//   TCPAO        packet views, option editing, checksums, KDF/MAC, SNE, key chains, flow state machine
+//   TCPAOConfig  the YAML configuration (parsing, validation with file:line locations)
+//   TCPAOPcap    pcap/pcapng reading and the verify-pcap engine
+//   TCPAODaemon  NFQUEUE workers, iptables rules, signals, logging
+//   tcpaod       the command line
+let package = Package(
+    name: "tcpaod",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "tcpaod", targets: ["tcpaod"]),
+        .library(name: "TCPAO", targets: ["TCPAO"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        .systemLibrary(name: "CLibCrypto", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CNetfilterQueue", pkgConfig: "libnetfilter_queue",
+                       providers: [.apt(["libnetfilter-queue-dev", "libmnl-dev"])]),
+        .target(name: "TCPAO", dependencies: ["CLibCrypto"]),
+        .target(name: "TCPAOTestSupport", dependencies: ["TCPAO"]),
+        .target(name: "TCPAOConfig", dependencies: [
+            "TCPAO", .product(name: "Yams", package: "Yams"),
+        ]),
+        .target(name: "TCPAOPcap", dependencies: ["TCPAO", "TCPAOConfig"]),
+        .target(name: "TCPAODaemon", dependencies: [
+            "TCPAO", "TCPAOConfig", "CNetfilterQueue",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "tcpaod", dependencies: [
+            "TCPAO", "TCPAOConfig", "TCPAOPcap", "TCPAODaemon",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "TCPAOTests", dependencies: [
+            "TCPAO", "TCPAOTestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+        ], resources: [.copy("Resources")]),
+        .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig"]),
+        .testTarget(name: "TCPAOPcapTests", dependencies: ["TCPAOPcap", "TCPAOConfig", "TCPAO", "TCPAOTestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,132 @@
+/// Adding and removing the TCP-AO option in a segment, in place, keeping every length field and
+/// checksum right. Nothing here allocates.
+public enum AOOption {
+    /// Inserts a TCP-AO option (RFC 5925 2.2) with the given KeyID and RNextKeyID and a zeroed MAC
+    /// of `macLength` bytes, padded to 32 bits with NOPs. It goes after the existing options (before
+    /// an End-of-Option-List). When the 40-byte option space cannot hold it, SACK blocks are dropped
+    /// from the end (RFC 5925 7.6); if it still cannot, `.noOptionSpace` is thrown and the packet is
+    /// left unchanged so the caller can fail closed.
+    ///
+    /// `capacity` is the size of the buffer at `p`; the packet grows by the option's padded size.
+    /// Returns the segment as it now is.
+    public static func insert(_ p: UnsafeMutableRawPointer, capacity: Int, _ seg: TCPSegment, macLength: Int,
+                              keyID: UInt8, rnextKeyID: UInt8) throws(PacketError) -> TCPSegment {
+        guard !seg.hasAO else { throw .duplicateAO }
+        let optionLength = Spec.aoHeaderLength + macLength
+        let space = (optionLength + 3) & ~3
+        guard space <= Spec.tcpMaxOptionSpace else { throw .noOptionSpace }
+        var s = seg
+        let removed = TCPChecksum.headerSum(p, s)
+        if s.tcpHeaderLength + space > Spec.tcpMaxHeaderLength {
+            guard let trimmed = trimSACK(p, s, free: s.tcpHeaderLength + space - Spec.tcpMaxHeaderLength) else {
+                throw .noOptionSpace
+            }
+            s = trimmed
+        }
+        guard s.length + space <= capacity else {
+            // Trimming may have happened: undo is not possible, but the caller drops the packet.
+            throw .noBufferSpace
+        }
+        let at = s.eolOffset >= 0 ? s.eolOffset : s.optionsEnd
+        (p + at + space).copyMemory(from: p + at, byteCount: s.length - at) // memmove semantics
+        store8(p, at, Spec.aoKind)
+        store8(p, at + 1, UInt8(optionLength))
+        store8(p, at + 2, keyID)
+        store8(p, at + 3, rnextKeyID)
+        (p + at + Spec.aoHeaderLength).initializeMemory(as: UInt8.self, repeating: 0, count: macLength)
+        if space > optionLength {
+            (p + at + optionLength).initializeMemory(as: UInt8.self, repeating: Spec.optNOP, count: space - optionLength)
+        }
+        s.tcpHeaderLength += space
+        s.length += space
+        setDataOffset(p, s)
+        TCPChecksum.setIPLength(p, s, s.length)
+        TCPChecksum.replace(p, tcpOffset: s.tcpOffset, removed: removed, added: TCPChecksum.headerSum(p, s))
+        try s.scanOptions(p)
+        return s
+    }
+
+    /// Removes the TCP-AO option, together with the NOPs that padded it to 32 bits when its length
+    /// is not a multiple of 4. Returns the segment as it now is. Without AO, returns it unchanged.
+    public static func strip(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment) -> TCPSegment {
+        guard seg.hasAO else { return seg }
+        var s = seg
+        let removedSum = TCPChecksum.headerSum(p, s)
+        var start = s.aoOffset
+        var end = s.aoOffset + s.aoLength
+        // Take padding NOPs after, then before, the option until the removal is whole words.
+        while (end - start) & 3 != 0 && end < s.optionsEnd && load8(p, end) == Spec.optNOP { end += 1 }
+        while (end - start) & 3 != 0 && start > s.optionsOffset && load8(p, start - 1) == Spec.optNOP { start -= 1 }
+        var cut = end - start
+        let leftover = cut & 3
+        if leftover != 0 {
+            // Not enough NOPs around: keep `leftover` bytes of the option's place as NOPs.
+            (p + start).initializeMemory(as: UInt8.self, repeating: Spec.optNOP, count: leftover)
+            start += leftover
+            cut -= leftover
+        }
+        (p + start).copyMemory(from: p + end, byteCount: s.length - end) // memmove semantics
+        s.tcpHeaderLength -= cut
+        s.length -= cut
+        setDataOffset(p, s)
+        TCPChecksum.setIPLength(p, s, s.length)
+        TCPChecksum.replace(p, tcpOffset: s.tcpOffset, removed: removedSum, added: TCPChecksum.headerSum(p, s))
+        try? s.scanOptions(p) // cannot fail: the remaining options were valid before
+        return s
+    }
+
+    /// Lowers the MSS option to `maximum` when it is larger (SYN and SYN-ACK). Returns true when
+    /// the value changed.
+    @discardableResult
+    public static func clampMSS(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, to maximum: UInt16) -> Bool {
+        guard seg.mssOffset >= 0 else { return false }
+        let at = seg.mssOffset + 2
+        let old = load16(p, at)
+        guard old > maximum else { return false }
+        let before = TCPChecksum.sumRegion(p, tcpOffset: seg.tcpOffset, at, 2)
+        store16(p, at, maximum)
+        TCPChecksum.replace(p, tcpOffset: seg.tcpOffset, removed: before,
+                            added: TCPChecksum.sumRegion(p, tcpOffset: seg.tcpOffset, at, 2))
+        return true
+    }
+
+    @inline(__always)
+    static func setDataOffset(_ p: UnsafeMutableRawPointer, _ s: TCPSegment) {
+        let b = load8(p, s.tcpOffset + 12)
+        store8(p, s.tcpOffset + 12, UInt8(s.tcpHeaderLength / 4) << 4 | (b & 0x0F))
+    }
+
+    /// Frees at least `free` bytes (a multiple of 4) of option space by dropping SACK blocks from
+    /// the end, or the whole SACK option. Lengths are updated; the checksum is left to the caller.
+    static func trimSACK(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, free: Int) -> TCPSegment? {
+        guard seg.sackOffset >= 0 else { return nil }
+        var s = seg
+        let sackLen = Int(load8(p, s.sackOffset + 1))
+        let blocks = (sackLen - 2) / Spec.sackBlockLength
+        let drop = (free + Spec.sackBlockLength - 1) / Spec.sackBlockLength
+        var start: Int
+        var end = s.sackOffset + sackLen
+        if drop < blocks {
+            // Keep the first blocks (the most recent, RFC 2018 4); the cut is whole words.
+            start = end - drop * Spec.sackBlockLength
+            store8(p, s.sackOffset + 1, UInt8(sackLen - drop * Spec.sackBlockLength))
+        } else {
+            // Drop the whole option and the NOPs that aligned it, or pad back to whole words.
+            start = s.sackOffset
+            while (end - start) & 3 != 0 && start > s.optionsOffset && load8(p, start - 1) == Spec.optNOP { start -= 1 }
+            while (end - start) & 3 != 0 && end < s.optionsEnd && load8(p, end) == Spec.optNOP { end += 1 }
+            let leftover = (end - start) & 3
+            if leftover != 0 {
+                (p + start).initializeMemory(as: UInt8.self, repeating: Spec.optNOP, count: leftover)
+                start += leftover
+            }
+        }
+        let cut = end - start
+        guard cut >= free else { return nil }
+        (p + start).copyMemory(from: p + end, byteCount: s.length - end)
+        s.tcpHeaderLength -= cut
+        s.length -= cut
+        do { try s.scanOptions(p) } catch { return nil }
+        return s
+    }
+}

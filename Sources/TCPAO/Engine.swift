@@ -1,0 +1,358 @@
+/// Wall-clock seconds (key lifetimes) and monotonic seconds (timeouts), read once per batch by
+/// the caller.
+public struct EngineClock: Sendable, Equatable {
+    public var wall: Int64
+    public var mono: UInt32
+
+    public init(wall: Int64, mono: UInt32) {
+        self.wall = wall
+        self.mono = mono
+    }
+}
+
+/// What to do with a packet. Exactly one per packet.
+public enum Verdict: Sendable, Equatable {
+    /// Let it through unchanged.
+    case accept
+    /// Let it through; its bytes changed and it is now `length` bytes long.
+    case acceptModified(length: Int)
+    /// Silently discard it (counted).
+    case drop(DropReason)
+}
+
+/// The TCP-AO engine of one worker: it owns a flow table and turns each packet into a verdict,
+/// signing, verifying, stripping and clamping in place. No I/O, no locks on the packet path
+/// (the shared `SynchronizedFlows` is written only when a connection is established or ends).
+/// Not copyable: it owns the flow table's memory and the keyed MAC contexts.
+public struct AOEngine: ~Copyable {
+    public private(set) var config: EngineConfig
+    var table: FlowTable
+    public private(set) var counters: CounterBlock
+    let synchronized: SynchronizedFlows?
+    var sweepCursor = 0
+
+    public init(config: EngineConfig, synchronized: SynchronizedFlows? = nil) {
+        self.config = config
+        table = FlowTable(limit: config.limits.maxFlows)
+        counters = CounterBlock(config: config)
+        self.synchronized = synchronized
+    }
+
+    public var flowCount: Int { table.count }
+
+    /// Switches to a new configuration (SIGHUP). Connections keep their state (ISNs, SNEs,
+    /// current_key): new keys reach them through RNextKeyID. A flow whose peer is gone is
+    /// dropped. Returns the counters accumulated under the old configuration.
+    public mutating func reconfigure(_ new: EngineConfig) -> CounterSnapshot {
+        let old = counters.snapshot(config: config)
+        config = new
+        counters = CounterBlock(config: new)
+        var i = 0
+        while i < table.capacity {
+            if table.used[i] {
+                let k = table.slots[i].key
+                if let p = new.peerIndex(remote: k.remote, ports: k.localPort, k.remotePort) {
+                    table.slots[i].peer = Int32(p)
+                } else {
+                    removeFlow(at: i)
+                    continue // backward shift may have moved another entry here
+                }
+            }
+            i += 1
+        }
+        return old
+    }
+
+    // MARK: the packet path
+
+    /// Decides one packet, editing it in place. `capacity` is the size of the buffer at `p`
+    /// (a signed segment grows by the AO option). `hint` is the direction when the caller knows
+    /// it (host mode: OUTPUT is egress, INPUT ingress); otherwise the peer prefixes decide.
+    /// `mtu` is the MTU toward the peer when known (0 otherwise), for MSS clamping.
+    public mutating func process(_ p: UnsafeMutableRawPointer, length: Int, capacity: Int, hint: Direction?,
+                                 mtu: Int = 0, clock: EngineClock) -> Verdict {
+        counters.bump(.packets, peer: -1)
+        if config.passthrough { return .accept }
+        let ip: IPHeaderInfo
+        do { ip = try IPHeaderInfo.parse(p, count: length) } catch {
+            counters.bump(.malformed, peer: -1)
+            return .drop(.malformed)
+        }
+        if ip.protocolNumber != Spec.ipProtoTCP {
+            if ip.protocolNumber == Spec.ipProtoICMP || ip.protocolNumber == Spec.ipProtoICMPv6 {
+                return icmp(p, length: length)
+            }
+            counters.bump(.passedUnmatched, peer: -1)
+            return .accept
+        }
+        let seg: TCPSegment
+        do { seg = try TCPSegment.parseTCP(p, ip: ip) } catch {
+            counters.bump(.malformed, peer: -1)
+            return .drop(.malformed)
+        }
+        let direction: Direction
+        if let h = hint {
+            direction = h
+        } else {
+            direction = config.peerIndex(remote: seg.dst, ports: seg.srcPort, seg.dstPort) != nil ? .egress : .ingress
+        }
+        let remote = direction == .egress ? seg.dst : seg.src
+        guard let peer = config.peerIndex(remote: remote, ports: seg.srcPort, seg.dstPort) else {
+            counters.bump(.passedUnmatched, peer: -1)
+            return .accept
+        }
+        if direction == .egress {
+            return egress(p, capacity: capacity, seg, peer: peer, clock: clock)
+        }
+        return ingress(p, seg, peer: peer, mtu: mtu, clock: clock)
+    }
+
+    // MARK: egress: sign (RFC 5925 7.4)
+
+    mutating func egress(_ p: UnsafeMutableRawPointer, capacity: Int, _ seg: TCPSegment, peer: Int, clock: EngineClock) -> Verdict {
+        // A segment that already carries TCP-AO (an application using the kernel's own TCP-AO)
+        // cannot get a second one (RFC 5925 2.2).
+        if seg.hasAO { return dropped(.aoAlreadyPresent, peer: peer) }
+        let key = FlowKey(local: seg.src, remote: seg.dst, localPort: seg.srcPort, remotePort: seg.dstPort)
+        let h = FlowTable.hash(key)
+        var found = table.find(key, hash: h)
+        var created = false
+        if found == nil {
+            // 7.4 step 1.b: a segment of a connection whose SYN we never saw cannot be signed.
+            guard seg.isSYNWithoutACK else { return dropped(.noState, peer: peer) }
+            let e = FlowEntry(key: key, hash: h, peer: peer, state: FlowState(phase: .synSent, now: clock.mono))
+            guard let i = table.insert(e) else { return dropped(.flowTableFull, peer: peer) }
+            counters.bump(.flowsCreated, peer: peer)
+            found = i
+            created = true
+        }
+        let i = found.unsafelyUnwrapped
+        let chain = config.peers[peer].keyChain
+        let before = table.slots[i].state
+        let decision = table.slots[i].state.planEgress(seg, chain: chain, wall: clock.wall, mono: clock.mono)
+        noteTransition(i, from: before)
+        guard case .sign(let plan) = decision else {
+            if case .drop(let r) = decision {
+                if created { removeFlow(at: i) }
+                return dropped(r, peer: peer)
+            }
+            return .accept
+        }
+        let mkt = chain.keys[plan.mkt]
+        let s: TCPSegment
+        do {
+            s = try AOOption.insert(p, capacity: capacity, seg, macLength: mkt.algorithm.macLength,
+                                    keyID: plan.keyID, rnextKeyID: plan.rnextKeyID)
+        } catch {
+            // Fail closed (RFC 5925 7.6): no room for TCP-AO means the segment does not leave.
+            return dropped(error == .noOptionSpace ? .noOptionSpace : .malformed, peer: peer)
+        }
+        if s.length - seg.length != mkt.algorithm.alignedOptionLength { counters.bump(.sackTrimmed, peer: peer) }
+        if plan.kind == .syn {
+            // Send_SYN_traffic_key: our ISN, destination ISN zero (5.2). Used for this SYN only.
+            let tk = mkt.master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,
+                                                            srcISN: s.seq, dstISN: 0))
+            let k = MACKey(algorithm: mkt.algorithm, key: tk)
+            AOMAC.sign(p, s, key: k, sne: plan.sne, includeOptions: mkt.includeOptions)
+        } else {
+            if table.slots[i].send == nil || table.slots[i].sendSerial != mkt.serial {
+                let st = table.slots[i].state
+                let tk = mkt.master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,
+                                                                srcISN: st.localISN ?? 0, dstISN: st.remoteISN ?? 0))
+                table.slots[i].send = MACKey(algorithm: mkt.algorithm, key: tk)
+                table.slots[i].sendSerial = mkt.serial
+            }
+            AOMAC.sign(p, s, key: table.slots[i].send!, sne: plan.sne, includeOptions: mkt.includeOptions)
+        }
+        counters.bump(.signed, peer: peer)
+        counters.bump(.signed, peer: peer, key: plan.mkt)
+        return .acceptModified(length: s.length)
+    }
+
+    // MARK: ingress: verify and strip (RFC 5925 7.5)
+
+    mutating func ingress(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, peer: Int, mtu: Int, clock: EngineClock) -> Verdict {
+        let policy = config.peers[peer]
+        let key = FlowKey(local: seg.dst, remote: seg.src, localPort: seg.dstPort, remotePort: seg.srcPort)
+        let h = FlowTable.hash(key)
+        let found = table.find(key, hash: h)
+        guard seg.hasAO else {
+            // No TCP-AO from a peer that has keys: dropped, unless the peer is being migrated.
+            guard policy.acceptKeyMismatch else { return dropped(.missingAO, peer: peer) }
+            if let i = found {
+                let before = table.slots[i].state
+                table.slots[i].state.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: policy.keyChain, wall: clock.wall, mono: clock.mono)
+                noteTransition(i, from: before)
+            } else if seg.isSYNWithoutACK {
+                var st = FlowState(phase: .synReceived, now: clock.mono)
+                st.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: policy.keyChain, wall: clock.wall, mono: clock.mono)
+                if let i = table.insert(FlowEntry(key: key, hash: h, peer: peer, state: st)) {
+                    counters.bump(.flowsCreated, peer: peer)
+                    noteTransition(i, from: nil)
+                }
+            }
+            counters.bump(.passedUnsigned, peer: peer)
+            return .accept
+        }
+        let keyID = seg.aoKeyID(p)
+        let rnext = seg.aoRNextKeyID(p)
+        let chain = policy.keyChain
+        // No state yet: only a SYN may start it. The flow is created after the MAC checks out,
+        // so SYNs with bad MACs cost no memory.
+        let state = found.map { table.slots[$0].state } ?? FlowState(phase: .synReceived, now: clock.mono)
+        if found == nil && !seg.isSYNWithoutACK { return dropped(.noState, peer: peer) }
+        let decision = state.planIngress(seg, keyID: keyID, macLength: seg.aoMACLength, chain: chain, wall: clock.wall)
+        guard case .verify(let plan) = decision else {
+            if case .drop(let r) = decision { return dropped(r, peer: peer) }
+            return .accept
+        }
+        let mkt = chain.keys[plan.mkt]
+        var ok: Bool
+        var fresh: MACKey? = nil
+        if plan.kind == .syn {
+            // Receive_SYN_traffic_key: the peer's ISN (this SYN's), destination ISN zero.
+            let tk = mkt.master.deriveTrafficKey(KDFContext(src: seg.src, dst: seg.dst, srcPort: seg.srcPort, dstPort: seg.dstPort,
+                                                            srcISN: seg.seq, dstISN: 0))
+            let k = MACKey(algorithm: mkt.algorithm, key: tk)
+            ok = AOMAC.verify(p, seg, key: k, sne: plan.sne, includeOptions: mkt.includeOptions)
+        } else if let i = found, !seg.isSYN, table.slots[i].recv != nil, table.slots[i].recvSerial == mkt.serial {
+            ok = AOMAC.verify(p, seg, key: table.slots[i].recv!, sne: plan.sne, includeOptions: mkt.includeOptions)
+        } else {
+            // Receive_other_traffic_key: for a SYN-ACK the peer's ISN is the segment's own.
+            let remoteISN = seg.isSYN ? seg.seq : (state.remoteISN ?? 0)
+            let tk = mkt.master.deriveTrafficKey(KDFContext(src: seg.src, dst: seg.dst, srcPort: seg.srcPort, dstPort: seg.dstPort,
+                                                            srcISN: remoteISN, dstISN: state.localISN ?? 0))
+            let k = MACKey(algorithm: mkt.algorithm, key: tk)
+            ok = AOMAC.verify(p, seg, key: k, sne: plan.sne, includeOptions: mkt.includeOptions)
+            fresh = consume k
+        }
+        guard ok else {
+            counters.bump(.badMAC, peer: peer, key: plan.mkt)
+            return dropped(.badMAC, peer: peer)
+        }
+        var slot = found
+        if slot == nil {
+            guard let i = table.insert(FlowEntry(key: key, hash: h, peer: peer, state: state)) else {
+                return dropped(.flowTableFull, peer: peer)
+            }
+            counters.bump(.flowsCreated, peer: peer)
+            slot = i
+        }
+        let i = slot.unsafelyUnwrapped
+        let before = table.slots[i].state
+        table.slots[i].state.commitIngress(seg, keyID: keyID, rnextKeyID: rnext, chain: chain, wall: clock.wall, mono: clock.mono)
+        noteTransition(i, from: found == nil ? nil : before)
+        if fresh != nil {
+            table.slots[i].recv = fresh.take()
+            table.slots[i].recvSerial = mkt.serial
+        }
+        counters.bump(.verified, peer: peer)
+        counters.bump(.verified, peer: peer, key: plan.mkt)
+        // 7.5: "remove TCP-AO from the segment" before TCP sees it.
+        let s = AOOption.strip(p, seg)
+        if s.isSYN && s.mssOffset >= 0 {
+            // The protected host sizes its segments by the MSS the peer announced; each will grow
+            // by our TCP-AO option, so announce less (and never more than the MTU allows).
+            let ao = policy.maxAlignedOptionLength
+            var limit = Int(s.mss(p) ?? 0) - ao
+            if mtu > 0 { limit = min(limit, mtu - s.tcpOffset - Spec.tcpMinHeaderLength - ao) }
+            if limit > 0 && AOOption.clampMSS(p, s, to: UInt16(limit)) { counters.bump(.mssClamped, peer: peer) }
+        }
+        return .acceptModified(length: s.length)
+    }
+
+    // MARK: ICMP (RFC 5925 7.8)
+
+    mutating func icmp(_ p: UnsafeMutableRawPointer, length: Int) -> Verdict {
+        guard let e = ICMPErrorInfo.parse(p, count: length), e.isHardError else {
+            counters.bump(.passedICMP, peer: -1)
+            return .accept
+        }
+        // The quoted segment was sent by the protected side: its source is local.
+        guard let peer = config.peerIndex(remote: e.quotedDst, ports: e.quotedSrcPort, e.quotedDstPort),
+              config.peers[peer].dropICMPHardErrors else {
+            counters.bump(.passedICMP, peer: -1)
+            return .accept
+        }
+        let key = FlowKey(local: e.quotedSrc, remote: e.quotedDst, localPort: e.quotedSrcPort, remotePort: e.quotedDstPort)
+        var synced = false
+        if let i = table.find(key, hash: FlowTable.hash(key)) {
+            synced = table.slots[i].state.isSynchronized
+        } else if let s = synchronized {
+            synced = s.contains(key)
+        }
+        guard synced else {
+            counters.bump(.passedICMP, peer: peer)
+            return .accept
+        }
+        return dropped(.icmpHardError, peer: peer)
+    }
+
+    // MARK: housekeeping
+
+    /// Forgets flows that ended (after the linger time), handshakes that never completed and
+    /// idle connections. Looks at `budget` slots per call, so the caller can spread the work.
+    public mutating func expire(now: UInt32, budget: Int) {
+        let l = config.limits
+        var n = 0
+        while n < budget {
+            let i = sweepCursor
+            if table.used[i] {
+                let st = table.slots[i].state
+                let age = now &- st.lastSeen
+                let expired: Bool
+                switch st.phase {
+                case .finished, .reset: expired = now &- st.endedAt >= l.linger
+                case .synSent, .synReceived: expired = age >= l.handshakeTimeout
+                case .established, .finishing: expired = age >= l.idleTimeout
+                }
+                if expired {
+                    counters.bump(.flowsExpired, peer: Int(table.slots[i].peer))
+                    removeFlow(at: i)
+                    n += 1
+                    continue // an entry may have shifted into this slot
+                }
+            }
+            sweepCursor = (sweepCursor + 1) & table.mask
+            n += 1
+        }
+    }
+
+    /// The state of one connection (tests, control commands).
+    public func flowState(_ k: FlowKey) -> FlowState? {
+        table.find(k, hash: FlowTable.hash(k)).map { table.slots[$0].state }
+    }
+
+    /// Every flow's key and state (control commands, saving state).
+    public func allFlows() -> [(FlowKey, FlowState)] {
+        var out: [(FlowKey, FlowState)] = []
+        for i in 0..<table.capacity where table.used[i] { out.append((table.slots[i].key, table.slots[i].state)) }
+        return out
+    }
+
+    mutating func removeFlow(at i: Int) {
+        if table.slots[i].state.isSynchronized { synchronized?.remove(table.slots[i].key) }
+        table.remove(at: i)
+    }
+
+    @inline(__always)
+    mutating func noteTransition(_ i: Int, from before: FlowState?) {
+        let after = table.slots[i].state
+        let was = before?.isSynchronized ?? false
+        if was != after.isSynchronized, let s = synchronized {
+            if after.isSynchronized { s.insert(table.slots[i].key) } else { s.remove(table.slots[i].key) }
+        }
+        // New ISNs (the 4-tuple was reused by a new connection): cached traffic keys are stale.
+        if let b = before, b.localISN != after.localISN || b.remoteISN != after.remoteISN {
+            table.slots[i].dropKeys()
+        }
+    }
+
+    @inline(__always)
+    func dropped(_ r: DropReason, peer: Int) -> Verdict {
+        counters.bump(r, peer: peer)
+        return .drop(r)
+    }
+
+    public func snapshot() -> CounterSnapshot { counters.snapshot(config: config) }
+}

@@ -1,0 +1,122 @@
+/// A time interval in seconds since the Unix epoch, [start, end). RFC 8177 key chain lifetimes.
+public struct Lifetime: Sendable, Hashable, Codable, CustomStringConvertible {
+    public var start: Int64
+    public var end: Int64
+
+    public init(start: Int64 = .min, end: Int64 = .max) {
+        self.start = start
+        self.end = end
+    }
+
+    public static let always = Lifetime()
+
+    @inline(__always)
+    public func contains(_ t: Int64) -> Bool { t >= start && t < end }
+
+    public var description: String {
+        let s = start == .min ? "always" : "\(start)"
+        let e = end == .max ? "no-end" : "\(end)"
+        return "[\(s), \(e))"
+    }
+}
+
+/// A Master Key Tuple (RFC 5925 3.1) as configured in a key chain (RFC 8177, RFC 9648's
+/// TCP-AO extensions): SendID, RecvID, algorithm, the master key, whether TCP options are
+/// included in the MAC, and send and accept lifetimes. The connection identifier part of the
+/// MKT is the peer the chain is attached to.
+public struct MKT: Sendable, CustomStringConvertible {
+    /// The key's id in its chain (RFC 8177 key-id); used in messages and counters, never on the wire.
+    public var keyID: UInt64
+    public var sendID: UInt8
+    public var recvID: UInt8
+    public var algorithm: AOAlgorithm
+    public var includeOptions: Bool
+    public var sendLifetime: Lifetime
+    public var acceptLifetime: Lifetime
+    public let master: MasterKey
+    /// Identity across configuration reloads: an MKT whose parameters and secret did not change
+    /// keeps its serial, so traffic keys cached in flows stay valid.
+    public var serial: UInt32
+
+    public init(keyID: UInt64, sendID: UInt8, recvID: UInt8, algorithm: AOAlgorithm, includeOptions: Bool = true,
+                sendLifetime: Lifetime = .always, acceptLifetime: Lifetime = .always, secret: Secret, serial: UInt32 = 0) {
+        self.keyID = keyID
+        self.sendID = sendID
+        self.recvID = recvID
+        self.algorithm = algorithm
+        self.includeOptions = includeOptions
+        self.sendLifetime = sendLifetime
+        self.acceptLifetime = acceptLifetime
+        self.master = MasterKey(algorithm: algorithm, secret: secret)
+        self.serial = serial
+    }
+
+    public var secret: Secret { master.original }
+
+    /// Never prints the secret.
+    public var description: String {
+        "key \(keyID) (SendID \(sendID), RecvID \(recvID), \(algorithm)\(includeOptions ? "" : ", options excluded"))"
+    }
+
+    /// Same parameters and the same secret (the serial is not compared).
+    public func sameKey(as o: MKT) -> Bool {
+        sendID == o.sendID && recvID == o.recvID && algorithm == o.algorithm && includeOptions == o.includeOptions
+            && master.original == o.master.original
+    }
+}
+
+/// A key chain: the MKTs one peer may use, with the RFC 5925 key-selection rules.
+public struct KeyChain: Sendable {
+    public var name: String
+    public var keys: [MKT]
+
+    public init(name: String, keys: [MKT]) {
+        self.name = name
+        self.keys = keys
+    }
+
+    /// The MKT we prefer to send with at `now`: among the keys whose send lifetime contains `now`,
+    /// the one whose send lifetime started last (a newly rolled-in key wins); ties go to the key
+    /// listed last. Nil when no key may be sent with.
+    public func preferredSendKey(at now: Int64) -> Int? {
+        var best: Int? = nil
+        for i in keys.indices where keys[i].sendLifetime.contains(now) {
+            if let b = best, keys[b].sendLifetime.start > keys[i].sendLifetime.start { continue }
+            best = i
+        }
+        return best
+    }
+
+    /// The MKT with this SendID that may be sent with at `now` (RFC 5925 7.5 step 2.e: the key a
+    /// peer asks for with RNextKeyID). Never an expired key.
+    @inline(__always)
+    public func sendKey(sendID: UInt8, at now: Int64) -> Int? {
+        for i in keys.indices where keys[i].sendID == sendID && keys[i].sendLifetime.contains(now) { return i }
+        return nil
+    }
+
+    /// The MKT that authenticates an incoming segment with this KeyID (RFC 5925 7.5 step 1.a /
+    /// 3.3: "indicated solely by the segment's socket pair and its TCP-AO KeyID"), if its accept
+    /// lifetime contains `now`.
+    @inline(__always)
+    public func acceptKey(recvID: UInt8, at now: Int64) -> Int? {
+        for i in keys.indices where keys[i].recvID == recvID && keys[i].acceptLifetime.contains(now) { return i }
+        return nil
+    }
+
+    /// Whether any key has this RecvID, valid now or not (to tell "unknown KeyID" from "expired").
+    public func hasKey(recvID: UInt8) -> Bool { keys.contains { $0.recvID == recvID } }
+
+    /// rnext_key (RFC 5925 4, 6.1): the RecvID we advertise in RNextKeyID. The preferred send
+    /// key's RecvID when that key may be received with now (keys are rolled as pairs); otherwise
+    /// the acceptable key whose accept lifetime started last.
+    public func rnextKeyID(at now: Int64) -> UInt8? {
+        if let p = preferredSendKey(at: now), keys[p].acceptLifetime.contains(now) { return keys[p].recvID }
+        var best: Int? = nil
+        for i in keys.indices where keys[i].acceptLifetime.contains(now) {
+            if let b = best, keys[b].acceptLifetime.start > keys[i].acceptLifetime.start { continue }
+            best = i
+        }
+        return best.map { keys[$0].recvID }
+    }
+}

@@ -1,0 +1,286 @@
+import CLibCrypto
+
+private let sha1CtxSize = MemoryLayout<SHA_CTX>.size
+private let sha256CtxSize = MemoryLayout<SHA256_CTX>.size
+
+/// The AES-128-CBC cipher, fetched from the default provider once per process.
+private struct FetchedCipher: @unchecked Sendable { let pointer: OpaquePointer }
+private let aes128CBC: FetchedCipher = {
+    guard let c = EVP_CIPHER_fetch(nil, "AES-128-CBC", nil) else {
+        fatalError("libcrypto has no AES-128-CBC: the OpenSSL installation is broken")
+    }
+    return FetchedCipher(pointer: c)
+}()
+
+/// A keyed MAC context: made once per key (per flow direction for traffic keys) and reused for
+/// every segment without allocating.
+///
+/// - HMAC-SHA-1 / HMAC-SHA-256: the inner and outer digest states after absorbing the padded key
+///   are kept; a segment's MAC copies them (a struct copy) and continues. OpenSSL 3.0's EVP_MAC
+///   re-init instead duplicates its digest context on the heap for every message.
+/// - AES-CMAC (RFC 4493): one keyed EVP AES-128-CBC context (AES-NI) and the subkeys K1, K2; a
+///   segment resets the IV to zero and CBC-encrypts the message, CMAC's last-block rule applied.
+public struct MACKey: ~Copyable {
+    public let algorithm: AOAlgorithm
+    /// Out of line so that it can be wiped in `deinit`: the two pre-keyed digest states (HMAC),
+    /// or K1 | K2 (CMAC).
+    let state: UnsafeMutableRawPointer
+    let cipher: OpaquePointer?
+
+    /// Keys a context for `algorithm` with `key` (a traffic key, or for the KDF a master key).
+    public init(algorithm: AOAlgorithm, key: UnsafeRawBufferPointer) {
+        self.algorithm = algorithm
+        state = UnsafeMutableRawPointer.allocate(byteCount: MACKey.stateSize, alignment: 16)
+        state.initializeMemory(as: UInt8.self, repeating: 0, count: MACKey.stateSize)
+        switch algorithm.kind {
+        case .hmacSHA1:
+            MACKey.initHMAC(state, key: key, sha256: false)
+            cipher = nil
+        case .hmacSHA256:
+            MACKey.initHMAC(state, key: key, sha256: true)
+            cipher = nil
+        case .aesCMAC:
+            cipher = MACKey.initCMAC(state, key: key)
+        }
+    }
+
+    static let stateSize = 2 * max(MemoryLayout<SHA256_CTX>.size, MemoryLayout<SHA_CTX>.size)
+
+    /// Keys a context from bytes in an array (tests, tools); the temporary copy is wiped.
+    public init(algorithm: AOAlgorithm, bytes: [UInt8]) {
+        let tmp = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        defer { OPENSSL_cleanse(tmp.baseAddress, tmp.count); tmp.deallocate() }
+        tmp.copyBytes(from: bytes)
+        self.init(algorithm: algorithm, key: UnsafeRawBufferPointer(rebasing: tmp[0..<bytes.count]))
+    }
+
+    public init(algorithm: AOAlgorithm, key: borrowing TrafficKey) {
+        self.init(algorithm: algorithm, key: UnsafeRawBufferPointer(start: key.storage, count: key.count))
+    }
+
+    deinit {
+        OPENSSL_cleanse(state, MACKey.stateSize)
+        state.deallocate()
+        if let c = cipher { EVP_CIPHER_CTX_free(c) } // frees and cleanses the key schedule
+    }
+
+    /// Bytes written by `compute`: the PRF's full output before truncation.
+    public var fullLength: Int { algorithm.kind.outputLength }
+
+    // MARK: HMAC (RFC 2104)
+
+    private static func initHMAC(_ st: UnsafeMutableRawPointer, key: UnsafeRawBufferPointer, sha256: Bool) {
+        let block = 64
+        var k = [UInt8](repeating: 0, count: block)
+        defer { k.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) } }
+        k.withUnsafeMutableBytes { kb in
+            if key.count > block {
+                if sha256 { _ = SHA256(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count, kb.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+                else { _ = SHA1(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count, kb.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+            } else if key.count > 0 {
+                kb.baseAddress!.copyMemory(from: key.baseAddress!, byteCount: key.count)
+            }
+        }
+        var pad = [UInt8](repeating: 0, count: block)
+        defer { pad.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) } }
+        do {
+            for (half, xor) in [(0, UInt8(0x36)), (1, UInt8(0x5c))] {
+                for i in 0..<block { pad[i] = k[i] ^ xor }
+                if sha256 {
+                    var c = SHA256_CTX()
+                    SHA256_Init(&c)
+                    SHA256_Update(&c, pad, block)
+                    withUnsafeBytes(of: &c) { st.advanced(by: half * sha256CtxSize).copyMemory(from: $0.baseAddress!, byteCount: sha256CtxSize) }
+                    withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
+                } else {
+                    var c = SHA_CTX()
+                    SHA1_Init(&c)
+                    SHA1_Update(&c, pad, block)
+                    withUnsafeBytes(of: &c) { st.advanced(by: half * sha1CtxSize).copyMemory(from: $0.baseAddress!, byteCount: sha1CtxSize) }
+                    withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
+                }
+            }
+        }
+    }
+
+    @inline(__always)
+    private func hmacSHA1(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ out: UnsafeMutableRawPointer) {
+        var c = SHA_CTX()
+        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state, byteCount: sha1CtxSize) }
+        if a.count > 0 { SHA1_Update(&c, a.baseAddress, a.count) }
+        if b.count > 0 { SHA1_Update(&c, b.baseAddress, b.count) }
+        let o = out.assumingMemoryBound(to: UInt8.self)
+        SHA1_Final(o, &c)
+        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state + sha1CtxSize, byteCount: sha1CtxSize) }
+        SHA1_Update(&c, out, 20)
+        SHA1_Final(o, &c)
+        withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
+    }
+
+    @inline(__always)
+    private func hmacSHA256(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ out: UnsafeMutableRawPointer) {
+        var c = SHA256_CTX()
+        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state, byteCount: sha256CtxSize) }
+        if a.count > 0 { SHA256_Update(&c, a.baseAddress, a.count) }
+        if b.count > 0 { SHA256_Update(&c, b.baseAddress, b.count) }
+        let o = out.assumingMemoryBound(to: UInt8.self)
+        SHA256_Final(o, &c)
+        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state + sha256CtxSize, byteCount: sha256CtxSize) }
+        SHA256_Update(&c, out, 32)
+        SHA256_Final(o, &c)
+        withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
+    }
+
+    // MARK: AES-CMAC (RFC 4493)
+
+    private static func initCMAC(_ st: UnsafeMutableRawPointer, key: UnsafeRawBufferPointer) -> OpaquePointer {
+        precondition(key.count == 16, "AES-128-CMAC takes a 16-byte key (RFC 5926 3.1.1.2 prepares other master keys)")
+        guard let c = EVP_CIPHER_CTX_new() else { fatalError("EVP_CIPHER_CTX_new failed: out of memory") }
+        var zero = (UInt64(0), UInt64(0))
+        let ok = withUnsafeBytes(of: &zero) { iv in
+            EVP_EncryptInit_ex(c, aes128CBC.pointer, nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                               iv.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+        precondition(ok == 1, "EVP_EncryptInit_ex(AES-128-CBC) failed")
+        EVP_CIPHER_CTX_set_padding(c, 0)
+        // RFC 4493 2.3: L = AES-128(K, 0^128); K1 = L << 1 (^ Rb); K2 = K1 << 1 (^ Rb).
+        var l = (UInt64(0), UInt64(0))
+        withUnsafeMutableBytes(of: &l) { lb in
+            withUnsafeBytes(of: &zero) { z in
+                var outl: Int32 = 0
+                EVP_EncryptUpdate(c, lb.baseAddress!.assumingMemoryBound(to: UInt8.self), &outl,
+                                  z.baseAddress!.assumingMemoryBound(to: UInt8.self), 16)
+            }
+        }
+        let lhi = UInt64(bigEndian: l.0), llo = UInt64(bigEndian: l.1)
+        let (h1, l1) = MACKey.double(lhi, llo)
+        let (h2, l2) = MACKey.double(h1, l1)
+        st.storeBytes(of: h1.bigEndian, toByteOffset: 0, as: UInt64.self)
+        st.storeBytes(of: l1.bigEndian, toByteOffset: 8, as: UInt64.self)
+        st.storeBytes(of: h2.bigEndian, toByteOffset: 16, as: UInt64.self)
+        st.storeBytes(of: l2.bigEndian, toByteOffset: 24, as: UInt64.self)
+        withUnsafeMutableBytes(of: &l) { OPENSSL_cleanse($0.baseAddress, $0.count) }
+        return c
+    }
+
+    /// Doubling in GF(2^128) with Rb = 0x87 (RFC 4493 2.3).
+    private static func double(_ hi: UInt64, _ lo: UInt64) -> (UInt64, UInt64) {
+        let carry = hi >> 63
+        let nh = hi << 1 | lo >> 63
+        let nl = lo << 1 ^ (carry == 1 ? 0x87 : 0)
+        return (nh, nl)
+    }
+
+    @inline(__always)
+    private func cmac(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ out: UnsafeMutableRawPointer) {
+        let c = cipher.unsafelyUnwrapped
+        var zero = (UInt64(0), UInt64(0))
+        withUnsafeBytes(of: &zero) { iv in
+            _ = EVP_EncryptInit_ex(c, nil, nil, nil, iv.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+        var stream = CMACStream()
+        withUnsafeTemporaryAllocation(byteCount: CMACStream.scratchSize, alignment: 16) { scratch in
+            stream.feed(c, a, scratch.baseAddress!)
+            stream.feed(c, b, scratch.baseAddress!)
+        }
+        stream.finish(c, subkeys: state, out: out)
+    }
+
+    // MARK: the one entry point
+
+    /// MAC over the concatenation `a || b`, writing the untruncated PRF output (`fullLength`
+    /// bytes, at most 32) to `out`. Allocates nothing.
+    @inline(__always)
+    public func compute(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
+        switch algorithm.kind {
+        case .hmacSHA1: hmacSHA1(a, b, out)
+        case .hmacSHA256: hmacSHA256(a, b, out)
+        case .aesCMAC: cmac(a, b, out)
+        }
+    }
+}
+
+/// A traffic key (RFC 5925 3.2), at most 32 bytes, wiped when dropped.
+public struct TrafficKey: ~Copyable {
+    let storage: UnsafeMutableRawPointer
+    public let count: Int
+
+    public init(count: Int, fill: (UnsafeMutableRawBufferPointer) -> Void) {
+        precondition(count <= Spec.maxTrafficKeyLength)
+        self.count = count
+        storage = UnsafeMutableRawPointer.allocate(byteCount: Spec.maxTrafficKeyLength, alignment: 16)
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: Spec.maxTrafficKeyLength)
+        fill(UnsafeMutableRawBufferPointer(start: storage, count: count))
+    }
+
+    deinit {
+        OPENSSL_cleanse(storage, Spec.maxTrafficKeyLength)
+        storage.deallocate()
+    }
+
+    /// For tests and vectors only.
+    public var hexString: String { Array(UnsafeRawBufferPointer(start: storage, count: count)).hexString }
+}
+
+/// CMAC's streaming state: CBC over every block but the last, which is held back in `pending`
+/// because RFC 4493 2.4 XORs it with K1 (complete) or pads it and XORs with K2 (incomplete).
+private struct CMACStream {
+    static let scratchSize = 512
+    var pending: (UInt64, UInt64) = (0, 0)
+    var n = 0
+
+    @inline(__always)
+    static func cbc(_ c: OpaquePointer, _ p: UnsafeRawPointer, _ count: Int, _ scratch: UnsafeMutableRawPointer) {
+        var done = 0
+        var outl: Int32 = 0
+        while done < count {
+            let chunk = min(count - done, scratchSize)
+            EVP_EncryptUpdate(c, scratch.assumingMemoryBound(to: UInt8.self), &outl,
+                              (p + done).assumingMemoryBound(to: UInt8.self), Int32(chunk))
+            done += chunk
+        }
+    }
+
+    @inline(__always)
+    mutating func feed(_ c: OpaquePointer, _ piece: UnsafeRawBufferPointer, _ scratch: UnsafeMutableRawPointer) {
+        guard piece.count > 0, var d = piece.baseAddress else { return }
+        var rem = piece.count
+        var filled = n
+        withUnsafeMutableBytes(of: &pending) { pb in
+            let pend = pb.baseAddress!
+            if filled > 0 {
+                let take = min(16 - filled, rem)
+                (pend + filled).copyMemory(from: d, byteCount: take)
+                filled += take; d += take; rem -= take
+                if filled == 16 && rem > 0 { CMACStream.cbc(c, pend, 16, scratch); filled = 0 }
+            }
+            if rem > 0 {
+                let full = (rem - 1) / 16 * 16 // keep 1...16 bytes back
+                if full > 0 { CMACStream.cbc(c, d, full, scratch); d += full; rem -= full }
+                pend.copyMemory(from: d, byteCount: rem)
+                filled = rem
+            }
+        }
+        n = filled
+    }
+
+    @inline(__always)
+    mutating func finish(_ c: OpaquePointer, subkeys: UnsafeRawPointer, out: UnsafeMutableRawPointer) {
+        let count = n
+        // K1 at offset 0, K2 at 16 (stored in network order, as the block is).
+        let k = (subkeys.load(fromByteOffset: count == 16 ? 0 : 16, as: UInt64.self),
+                 subkeys.load(fromByteOffset: count == 16 ? 8 : 24, as: UInt64.self))
+        withUnsafeMutableBytes(of: &pending) { pb in
+            let pend = pb.baseAddress!
+            if count < 16 {
+                pend.storeBytes(of: 0x80, toByteOffset: count, as: UInt8.self)
+                var i = count + 1
+                while i < 16 { pend.storeBytes(of: 0, toByteOffset: i, as: UInt8.self); i += 1 }
+            }
+            pb.storeBytes(of: pb.load(fromByteOffset: 0, as: UInt64.self) ^ k.0, toByteOffset: 0, as: UInt64.self)
+            pb.storeBytes(of: pb.load(fromByteOffset: 8, as: UInt64.self) ^ k.1, toByteOffset: 8, as: UInt64.self)
+            var outl: Int32 = 0
+            EVP_EncryptUpdate(c, out.assumingMemoryBound(to: UInt8.self), &outl, pend.assumingMemoryBound(to: UInt8.self), 16)
+        }
+    }
+}

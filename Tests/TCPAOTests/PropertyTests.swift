@@ -1,0 +1,101 @@
+import Testing
+import PropertyBased
+@testable import TCPAO
+import TCPAOTestSupport
+
+/// Properties over random input: no packet crashes the parser or the engine; insert then strip
+/// gives back the original segment; checksums stay right after every edit.
+@Suite struct PropertyTests {
+    @Test func arbitraryBytesNeverCrashTheParser() async {
+        await propertyCheck(count: 3000, input: Gen.uint8().array(of: 0...120)) { bytes in
+            bytes.withUnsafeBytes { b in
+                let p = b.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!
+                _ = try? TCPSegment.parse(p, count: b.count)
+                _ = ICMPErrorInfo.parse(p, count: b.count)
+            }
+        }
+    }
+
+    /// Arbitrary bytes after a valid IPv4/IPv6 + TCP prefix, through a whole engine in both
+    /// directions: a verdict every time, never a trap.
+    @Test func arbitraryPacketsNeverCrashTheEngine() async {
+        let cfg = testConfig(peer: "0.0.0.0/0", chain: testChain())
+        let cfg6 = testConfig(peer: "::/0", chain: testChain())
+        await propertyCheck(count: 3000, input: Gen.uint8().array(of: 0...100), Gen.bool, Gen.uint8(in: 0...3)) { tail, v6, mode in
+            let b = PacketBuilder(src: v6 ? "2001:db8::1" : "192.0.2.1", dst: v6 ? "2001:db8::2" : "192.0.2.2", srcPort: 1, dstPort: 2)
+            var pkt = b.segment(seq: 1, flags: mode & 1 == 0 ? 0x02 : 0x10)
+            // Keep the IP length right (or not, in mode 3) and splice random bytes over the TCP header.
+            let t = v6 ? 40 : 20
+            pkt = Array(pkt[0..<(t + 12)]) + tail
+            if mode != 3 {
+                if v6 { let l = pkt.count - 40; pkt[4] = UInt8(l >> 8); pkt[5] = UInt8(l & 255) }
+                else { pkt[2] = UInt8(pkt.count >> 8); pkt[3] = UInt8(pkt.count & 255) }
+            }
+            var e = AOEngine(config: v6 ? cfg6 : cfg)
+            let buf = PacketBuffer(pkt)
+            let v = e.process(buf.pointer, length: buf.length, capacity: buf.capacity, hint: mode & 2 == 0 ? .egress : .ingress,
+                              clock: EngineClock(wall: 1_790_000_000, mono: 1))
+            if case .acceptModified(let n) = v { #expect(n <= buf.capacity) }
+        }
+    }
+
+    static let optionPieces: [[UInt8]] = [
+        [2, 4, 5, 0xB4], [4, 2], [1], [3, 3, 7], [8, 10, 0, 0, 0, 1, 0, 0, 0, 2], [5, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+        [5, 18, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4], [254, 6, 0xF9, 0x89, 1, 2], [30, 4, 0, 0],
+    ]
+
+    /// Random legal option lists (NOPs, MSS, SACK, timestamps, experimental, MPTCP-like),
+    /// optionally ended with EOL, random payload and flags, IPv4 and IPv6.
+    static let segments =
+        zip(Gen.int(in: 0...(optionPieces.count - 1)).array(of: 0...6), Gen.bool, Gen.bool,
+            Gen.uint8().array(of: 0...300), Gen.uint8(in: 0...0x3F), Gen.uint32()).map { picks, eol, v6, payload, flags, seq in
+            var opts: [UInt8] = []
+            for i in picks where opts.count + optionPieces[i].count <= 24 { opts += optionPieces[i] }
+            if eol { opts.append(0) }
+            while opts.count % 4 != 0 { opts.append(eol ? 0 : 1) }
+            let b = PacketBuilder(src: v6 ? "2001:db8::1" : "192.0.2.1", dst: v6 ? "2001:db8:9::2" : "198.51.100.2", srcPort: 4000, dstPort: 830)
+            return b.segment(seq: seq, ack: seq &* 3, flags: flags, options: opts, payload: payload)
+        }
+
+    @Test func insertThenStripGivesBackTheSegment() async {
+        await propertyCheck(count: 2000, input: Self.segments, Gen.int(in: 4...24), Gen.uint8(), Gen.uint8()) { pkt, macLen, kid, rnext in
+            let buf = PacketBuffer(pkt, capacity: pkt.count + 64)
+            guard let seg = try? buf.segment() else { Issue.record("generator made a bad segment"); return }
+            let aligned = (4 + macLen + 3) & ~3
+            guard seg.tcpHeaderLength + aligned <= 60 else { return } // would need SACK trimming
+            let ins = try! AOOption.insert(buf.pointer, capacity: buf.capacity, seg, macLength: macLen, keyID: kid, rnextKeyID: rnext)
+            buf.setLength(ins.length)
+            #expect(ins.hasAO && ins.aoLength == 4 + macLen && ins.payloadLength == seg.payloadLength)
+            #expect(ins.checksumIsValid(buf.pointer))
+            #expect((try? buf.segment()) == ins)
+            let out = AOOption.strip(buf.pointer, ins)
+            buf.setLength(out.length)
+            #expect(buf.bytes == pkt)
+        }
+    }
+
+    @Test func checksumsStayValidAfterEveryEdit() async {
+        await propertyCheck(count: 2000, input: Self.segments, Gen.uint16(in: 500...1500)) { pkt, mss in
+            let buf = PacketBuffer(pkt, capacity: pkt.count + 64)
+            guard var seg = try? buf.segment() else { return }
+            if let s = try? AOOption.insert(buf.pointer, capacity: buf.capacity, seg, macLength: 12, keyID: 3, rnextKeyID: 4) {
+                seg = s
+                buf.setLength(s.length)
+                #expect(seg.checksumIsValid(buf.pointer))
+                let key = MACKey(algorithm: .hmacSHA1_96, bytes: [UInt8](repeating: 7, count: 20))
+                AOMAC.sign(buf.pointer, seg, key: key, sne: 9, includeOptions: true)
+                #expect(seg.checksumIsValid(buf.pointer))
+                let ok = AOMAC.verify(buf.pointer, seg, key: key, sne: 9, includeOptions: true)
+                #expect(ok)
+            }
+            AOOption.clampMSS(buf.pointer, seg, to: mss)
+            #expect(seg.checksumIsValid(buf.pointer))
+            seg = AOOption.strip(buf.pointer, seg)
+            buf.setLength(seg.length)
+            #expect(seg.checksumIsValid(buf.pointer))
+            if let ip = try? IPHeaderInfo.parse(buf.pointer, count: buf.length), !ip.isV6 {
+                #expect(buf.bytes.withUnsafeBytes { InternetChecksum.sum($0.baseAddress!, 20) } == 0xFFFF)
+            }
+        }
+    }
+}
