@@ -40,11 +40,15 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Micro-benchmark (scripts/microbench): ns per segment and exact allocation counts.
+        .target(name: "CMallocCounter"),
+        .executableTarget(name: "tcpaod-microbench", dependencies: ["TCPAO", "TCPAOTestSupport", "CMallocCounter"]),
         .testTarget(name: "TCPAOTests", dependencies: [
             "TCPAO", "TCPAOTestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ], resources: [.copy("Resources")]),
         .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig"]),
-        .testTarget(name: "TCPAOPcapTests", dependencies: ["TCPAOPcap", "TCPAOConfig", "TCPAO", "TCPAOTestSupport"]),
+        .testTarget(name: "TCPAOPcapTests", dependencies: ["TCPAOPcap", "TCPAOConfig", "TCPAO", "TCPAOTestSupport"],
+                    resources: [.copy("Resources")]),
     ],
     swiftLanguageModes: [.v6]
 )

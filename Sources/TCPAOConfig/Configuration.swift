@@ -1,0 +1,57 @@
+import TCPAO
+
+/// Where tcpaod sits: in front of this host's own sockets, or in front of hosts it routes for.
+public enum Mode: String, Sendable, CaseIterable {
+    /// Protects this host's sockets: rules on OUTPUT (egress) and INPUT (ingress).
+    case host
+    /// Protects hosts behind this machine: rules on FORWARD; the peer is the far side.
+    case gateway
+}
+
+/// What happens to the iptables rules when tcpaod stops cleanly.
+public enum ExitPolicy: String, Sendable, CaseIterable {
+    /// Remove them: protected traffic then flows as plain TCP (the peer will refuse it).
+    case removeRules = "remove-rules"
+    /// Keep them: with nobody reading the queues the kernel drops protected traffic (fail closed).
+    case keepRules = "keep-rules"
+}
+
+/// A loaded and checked configuration.
+public struct Configuration: Sendable {
+    public var file: String
+    public var mode: Mode = .host
+    /// First NFQUEUE number; workers use queue ..< queue + threads.
+    public var queue: UInt16 = 100
+    public var threads: Int = 2
+    /// `--queue-bypass`: traffic flows unprotected when tcpaod is not running. Off by default.
+    public var queueBypass = false
+    public var onExit: ExitPolicy = .removeRules
+    /// Benchmark reference: same I/O path, no TCP-AO work.
+    public var passthrough = false
+    public var limits = FlowLimits()
+    public var logLevel = "info"
+    /// Seconds between counter summaries in the log (0: none).
+    public var statsInterval = 60
+    /// Where `tcpaod stats` finds the running daemon's counters.
+    public var statsFile = "/run/tcpaod/stats.json"
+    public var keyChains: [KeyChain] = []
+    public var peers: [PeerPolicy] = []
+
+    public init(file: String) { self.file = file }
+
+    public var queues: ClosedRange<UInt16> { queue...(queue + UInt16(threads) - 1) }
+
+    public func engineConfig() -> EngineConfig {
+        EngineConfig(peers: peers, limits: perWorkerLimits, passthrough: passthrough)
+    }
+
+    /// `max-flows` is for the whole daemon; each worker gets its share.
+    public var perWorkerLimits: FlowLimits {
+        var l = limits
+        l.maxFlows = max(1, (limits.maxFlows + threads - 1) / threads)
+        return l
+    }
+
+    /// Every MKT of every chain.
+    public var allKeys: [MKT] { keyChains.flatMap(\.keys) }
+}

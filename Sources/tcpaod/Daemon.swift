@@ -1,0 +1,2 @@
+extension TCPAOD { static let daemonSubcommands: [ParsableCommand.Type] = [] }
+import ArgumentParser
