@@ -47,6 +47,7 @@ let package = Package(
             "TCPAO", "TCPAOTestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
         ], resources: [.copy("Resources")]),
         .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig"]),
+        .testTarget(name: "TCPAODaemonTests", dependencies: ["TCPAODaemon", "TCPAOConfig", "TCPAO"]),
         .testTarget(name: "TCPAOPcapTests", dependencies: ["TCPAOPcap", "TCPAOConfig", "TCPAO", "TCPAOTestSupport"],
                     resources: [.copy("Resources")]),
     ],

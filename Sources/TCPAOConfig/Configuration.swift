@@ -16,6 +16,16 @@ public enum ExitPolicy: String, Sendable, CaseIterable {
     case keepRules = "keep-rules"
 }
 
+/// Which iptables front end installs the rules.
+public enum FirewallBackend: String, Sendable, CaseIterable {
+    /// `iptables-restore` / `ip6tables-restore` as the system's alternatives select them.
+    case iptables
+    /// The nf_tables back end explicitly (`iptables-nft-restore`).
+    case iptablesNft = "iptables-nft"
+    /// The legacy x_tables back end explicitly (`iptables-legacy-restore`).
+    case iptablesLegacy = "iptables-legacy"
+}
+
 /// A loaded and checked configuration.
 public struct Configuration: Sendable {
     public var file: String
@@ -34,6 +44,7 @@ public struct Configuration: Sendable {
     public var statsInterval = 60
     /// Where `tcpaod stats` finds the running daemon's counters.
     public var statsFile = "/run/tcpaod/stats.json"
+    public var firewall: FirewallBackend = .iptables
     public var keyChains: [KeyChain] = []
     public var peers: [PeerPolicy] = []
 

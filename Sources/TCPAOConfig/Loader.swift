@@ -146,7 +146,7 @@ public struct ConfigLoader {
     // MARK: the document
 
     static let topKeys = ["mode", "queue", "threads", "queue-bypass", "on-exit", "passthrough", "max-flows", "idle-timeout",
-                          "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "key-chains", "peers"]
+                          "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "firewall", "key-chains", "peers"]
 
     mutating func parse(_ text: String, previous: Configuration?) -> Configuration {
         var cfg = Configuration(file: file)
@@ -197,6 +197,7 @@ public struct ConfigLoader {
         }
         if let n = f["stats-interval"]?.value, let v = int(n, "stats-interval", 0...86400, what: "interval (seconds)") { cfg.statsInterval = v }
         if let n = f["stats-file"]?.value, let s = string(n, "stats-file") { cfg.statsFile = s }
+        if let n = f["firewall"]?.value, let v = choice(n, "firewall", FirewallBackend.self) { cfg.firewall = v }
 
         var chainNodes: [String: Node] = [:]
         if let n = f["key-chains"]?.value, let items = list(n, "key-chains") {

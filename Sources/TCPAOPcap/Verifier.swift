@@ -28,6 +28,8 @@ public struct SegmentReport: Sendable, Codable {
     public var seq: UInt32
     public var ack: UInt32
     public var payload: Int
+    /// The IP packet's length on the wire.
+    public var length: Int = 0
     public var keyID: UInt8?
     public var rnextKeyID: UInt8?
     public var sne: UInt32?
@@ -119,7 +121,23 @@ public struct CaptureVerifier {
         var bytes = p.ip
         return bytes.withUnsafeMutableBytes { buf -> (SegmentReport, ConvKey?)? in
             let ptr = buf.baseAddress!
-            guard let ip = try? IPHeaderInfo.parse(ptr, count: buf.count), ip.protocolNumber == Spec.ipProtoTCP else { return nil }
+            let ip: IPHeaderInfo
+            do throws(PacketError) { ip = try IPHeaderInfo.parse(ptr, count: buf.count) } catch {
+                // A frame cut short by the capture's snaplen cannot be checked: say so, never skip it.
+                guard error == .truncated, buf.count >= 20 else { return nil }
+                let isV6 = ptr.load(as: UInt8.self) >> 4 == 6
+                guard (isV6 ? ptr.load(fromByteOffset: 6, as: UInt8.self) : ptr.load(fromByteOffset: 9, as: UInt8.self)) == Spec.ipProtoTCP,
+                      !isV6 || buf.count >= 40 else { return nil }
+                let src = isV6 ? IPAddress(v6At: ptr, 8) : IPAddress(v4At: ptr, 12)
+                let dst = isV6 ? IPAddress(v6At: ptr, 24) : IPAddress(v4At: ptr, 16)
+                let full = isV6 ? 40 + Int(UInt16(ptr.load(fromByteOffset: 4, as: UInt8.self)) << 8 | UInt16(ptr.load(fromByteOffset: 5, as: UInt8.self)))
+                                : Int(UInt16(ptr.load(fromByteOffset: 2, as: UInt8.self)) << 8 | UInt16(ptr.load(fromByteOffset: 3, as: UInt8.self)))
+                let r = SegmentReport(frame: p.frame, time: p.time, src: src.description, dst: dst.description, srcPort: 0, dstPort: 0,
+                                      flags: "", seq: 0, ack: 0, payload: 0, length: full, result: .malformed,
+                                      detail: "captured \(buf.count) of \(full) bytes: capture with a larger snaplen (tcpdump -s 0)")
+                return (r, nil)
+            }
+            guard ip.protocolNumber == Spec.ipProtoTCP else { return nil }
             var r = SegmentReport(frame: p.frame, time: p.time, src: ip.src.description, dst: ip.dst.description, srcPort: 0, dstPort: 0,
                                   flags: "", seq: 0, ack: 0, payload: 0, result: .malformed)
             let seg: TCPSegment
@@ -129,6 +147,7 @@ public struct CaptureVerifier {
             }
             r.srcPort = seg.srcPort; r.dstPort = seg.dstPort; r.seq = seg.seq; r.ack = seg.ack
             r.payload = seg.payloadLength
+            r.length = seg.length
             r.flags = CaptureVerifier.flagString(seg.flags)
             let ck = ConvKey(seg)
             // Connection tracking from the SYN: a SYN without ACK starts (or restarts) it.

@@ -1,2 +1,112 @@
-extension TCPAOD { static let daemonSubcommands: [ParsableCommand.Type] = [] }
 import ArgumentParser
+import Foundation
+import Logging
+import TCPAO
+import TCPAOConfig
+import TCPAODaemon
+
+extension TCPAOD {
+    static let daemonSubcommands: [ParsableCommand.Type] = [Run.self, Rules.self, Stats.self]
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the TCP-AO gateway in the foreground (logs to stderr).",
+        discussion: """
+        Binds one NFQUEUE per thread, installs tcpaod's iptables/ip6tables chains (mangle table) sending the \
+        configured peers' TCP traffic to them, then signs egress segments and verifies and strips ingress ones. \
+        SIGHUP re-reads the configuration (new keys reach running connections through RNextKeyID); SIGTERM or \
+        SIGINT removes the rules and gives every queued packet its verdict before exiting. A bad configuration \
+        changes nothing and exits 1.
+        """)
+
+    @Option(name: .shortAndLong, help: "Configuration file.")
+    var config: String
+
+    @Flag(help: "Do not install or remove iptables rules (the operator manages them; see `tcpaod rules`).")
+    var noRules = false
+
+    func run() throws {
+        let cfg = try loadConfiguration(config)
+        let level = Logger.Level(rawValue: cfg.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let daemon = Daemon(configPath: config, config: cfg, manageRules: !noRules, log: Logger(label: "tcpaod"))
+        do { try daemon.start() } catch {
+            FileHandle.standardError.write(Data("tcpaod: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        dispatchMain()
+    }
+}
+
+struct Rules: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the iptables and ip6tables rules tcpaod would install (iptables-restore --noflush input).",
+        discussion: "For operators who manage their own rules and run `tcpaod run --no-rules`. With --remove, deletes tcpaod's chains instead (e.g. after on-exit: keep-rules).")
+
+    @Option(name: .shortAndLong, help: "Configuration file.")
+    var config: String
+
+    @Flag(help: "Remove tcpaod's chains and jumps from the running system.")
+    var remove = false
+
+    func run() throws {
+        let cfg = try loadConfiguration(config, quietWarnings: true)
+        if remove {
+            Firewall(backend: cfg.firewall).remove()
+            print("tcpaod's chains removed (\(cfg.firewall.rawValue))")
+            return
+        }
+        let r = RuleSet(cfg)
+        if let v4 = r.v4 { print("# IPv4: feed to iptables-restore --noflush\n" + v4) }
+        if let v6 = r.v6 { print("# IPv6: feed to ip6tables-restore --noflush\n" + v6) }
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the running daemon's counters (per peer, per key, per queue).")
+
+    @Option(name: .shortAndLong, help: "Configuration file (to find the stats file).")
+    var config: String?
+
+    @Option(help: "The stats file (default: the configuration's stats-file, else /run/tcpaod/stats.json).")
+    var file: String?
+
+    @Flag(help: "Print the raw JSON.")
+    var json = false
+
+    func run() throws {
+        var path = file ?? "/run/tcpaod/stats.json"
+        if file == nil, let config { path = try loadConfiguration(config, purpose: .daemon, quietWarnings: true).statsFile }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            FileHandle.standardError.write(Data("tcpaod: no stats at \(path): is tcpaod running?\n".utf8))
+            throw ExitCode(2)
+        }
+        if json { print(String(decoding: data, as: UTF8.self)); return }
+        let r = try JSONDecoder().decode(StatsReport.self, from: data)
+        print("tcpaod pid \(r.pid), mode \(r.mode), up \(r.uptime) s, \(r.reloads) reload(s), \(r.synchronizedFlows) synchronized connection(s)")
+        func show(_ d: [String: UInt64], indent: String) {
+            for (k, v) in d.sorted(by: { $0.key < $1.key }) where v > 0 { print("\(indent)\(k): \(v)") }
+        }
+        print("total:")
+        show(r.counters.total, indent: "  ")
+        for (p, d) in r.counters.peers.sorted(by: { $0.key < $1.key }) {
+            print("peer \(p):")
+            show(d, indent: "  ")
+            for (k, kd) in (r.counters.keys[p] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                print("  key \(k): " + kd.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+            }
+        }
+        for q in r.queues {
+            print("queue \(q.queue): packets=\(q.packets) batches=\(q.batches) modified=\(q.modified) dropped=\(q.dropped) enobufs=\(q.enobufs) flows=\(q.flows)")
+        }
+        for k in r.kernelQueues {
+            print("kernel queue \(k.queue): waiting=\(k.queued) queue_dropped=\(k.queueDropped) user_dropped=\(k.userDropped)")
+        }
+    }
+}

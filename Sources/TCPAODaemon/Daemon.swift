@@ -1,0 +1,203 @@
+import Dispatch
+import Foundation
+import Logging
+import TCPAO
+import TCPAOConfig
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything `tcpaod stats` shows, written by the daemon to its stats file every second.
+public struct StatsReport: Codable, Sendable {
+    public var pid: Int32
+    public var time: Int64
+    public var uptime: Int64
+    public var mode: String
+    public var config: String
+    public var reloads: Int
+    public var counters: CounterSnapshot
+    public var queues: [IOStats]
+    public var kernelQueues: [KernelQueueStats]
+    public var synchronizedFlows: Int
+}
+
+/// `tcpaod run`: binds the queues, installs the rules, decides packets until SIGTERM/SIGINT,
+/// reloads on SIGHUP, then removes the rules and gives the last queued packets their verdict.
+public final class Daemon: @unchecked Sendable {
+    let configPath: String
+    var config: Configuration
+    let manageRules: Bool
+    var log: Logger
+    var workers: [Worker] = []
+    let synchronized = SynchronizedFlows()
+    let firewall: Firewall
+    var rulesInstalled = false
+    var signals: [DispatchSourceSignal] = []
+    var statsTimer: DispatchSourceTimer?
+    let started = Date()
+    var reloads = 0
+    var lastStatsLog = Date()
+    let control = DispatchQueue(label: "tcpaod.control")
+    var stopping = false
+
+    public init(configPath: String, config: Configuration, manageRules: Bool, log: Logger) {
+        self.configPath = configPath
+        self.config = config
+        self.manageRules = manageRules
+        self.log = log
+        firewall = Firewall(backend: config.firewall)
+    }
+
+    /// Starts everything; returns once running (the caller then parks in dispatchMain()).
+    /// Throws with nothing left behind (no rules, no bound queue) when any step fails.
+    public func start() throws {
+        let engineConfig = config.engineConfig()
+        do {
+            for q in config.queues {
+                workers.append(try Worker(queue: q, config: engineConfig, hostMode: config.mode == .host,
+                                          synchronized: synchronized, log: log))
+            }
+        } catch {
+            workers.forEach { $0.socket.close() }
+            workers = []
+            throw error
+        }
+        if manageRules {
+            do {
+                try firewall.install(RuleSet(config))
+                rulesInstalled = true
+            } catch {
+                workers.forEach { $0.socket.close() }
+                workers = []
+                throw error
+            }
+        }
+        workers.forEach { $0.start() }
+        installSignalHandlers()
+        startStats()
+        let peers = config.peers.map { "\($0.name) (\($0.prefix)\($0.ports.isEmpty ? "" : " ports " + $0.ports.map(String.init).joined(separator: ",")))" }
+        log.info("tcpaod running: mode \(config.mode.rawValue), queues \(config.queues.lowerBound)-\(config.queues.upperBound), rules \(manageRules ? "installed (\(config.firewall.rawValue))" : "not managed (--no-rules)"), peers: \(peers.joined(separator: "; "))")
+        SystemdNotify.send("READY=1\nSTATUS=protecting \(config.peers.count) peer(s)")
+    }
+
+    func installSignalHandlers() {
+        for s in [SIGTERM, SIGINT, SIGHUP, SIGUSR1] {
+            signal(s, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: s, queue: control)
+            src.setEventHandler { [unowned self] in
+                switch s {
+                case SIGHUP: reload()
+                case SIGUSR1: logStats(force: true)
+                default: stop(signal: s)
+                }
+            }
+            src.resume()
+            signals.append(src)
+        }
+    }
+
+    // MARK: reload (SIGHUP)
+
+    func reload() {
+        SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(DispatchTime.now().uptimeNanoseconds / 1000)")
+        defer { SystemdNotify.send("READY=1") }
+        let (newConfig, diags) = ConfigLoader.load(path: configPath, now: Int64(Date().timeIntervalSince1970), previous: config)
+        for d in diags where d.severity == .error { log.error("\(d.description)") }
+        guard var c = newConfig else {
+            log.error("reload of \(configPath) failed (\(diags.errors.count) error(s)); still running with the previous configuration")
+            SystemdNotify.send("STATUS=reload failed; running the previous configuration")
+            return
+        }
+        var restartOnly: [String] = []
+        if c.mode != config.mode { restartOnly.append("mode"); c.mode = config.mode }
+        if c.queue != config.queue || c.threads != config.threads { restartOnly.append("queue/threads"); c.queue = config.queue; c.threads = config.threads }
+        if c.firewall != config.firewall { restartOnly.append("firewall"); c.firewall = config.firewall }
+        if c.limits.maxFlows != config.limits.maxFlows { restartOnly.append("max-flows"); c.limits.maxFlows = config.limits.maxFlows }
+        if !restartOnly.isEmpty { log.warning("reload: \(restartOnly.joined(separator: ", ")) change only on restart; applying the rest") }
+        if manageRules && RuleSet(c) != RuleSet(config) {
+            do { try firewall.install(RuleSet(c)); rulesInstalled = true } catch {
+                log.error("reload: installing the new rules failed (\(error)); still running with the previous configuration")
+                do { try firewall.install(RuleSet(config)) } catch { log.critical("reinstalling the previous rules failed too: \(error)") }
+                return
+            }
+        }
+        let ec = c.engineConfig()
+        workers.forEach { $0.reconfigure(ec) }
+        config = c
+        reloads += 1
+        let now = Int64(Date().timeIntervalSince1970)
+        let sending = c.peers.map { p in "\(p.name): \(p.keyChain.preferredSendKey(at: now).map { "\(p.keyChain.keys[$0])" } ?? "no key")" }
+        log.notice("configuration reloaded; preferred keys: \(sending.joined(separator: "; "))")
+    }
+
+    // MARK: stop (SIGTERM, SIGINT)
+
+    func stop(signal s: Int32) {
+        guard !stopping else { return }
+        stopping = true
+        log.notice("stopping (signal \(s))")
+        SystemdNotify.send("STOPPING=1")
+        statsTimer?.cancel()
+        // Rules first, so that nothing new is queued; then the last verdicts.
+        if rulesInstalled && config.onExit == .removeRules {
+            firewall.remove()
+            rulesInstalled = false
+        }
+        for w in workers { w.stop() }
+        writeStats()
+        logStats(force: true)
+        if rulesInstalled { log.notice("rules kept (on-exit: keep-rules): protected traffic is dropped until tcpaod runs again") }
+        log.notice("stopped")
+        exit(0)
+    }
+
+    // MARK: counters
+
+    func startStats() {
+        let t = DispatchSource.makeTimerSource(queue: control)
+        t.schedule(deadline: .now() + 1, repeating: 1)
+        t.setEventHandler { [unowned self] in
+            writeStats()
+            logStats(force: false)
+        }
+        statsTimer = t
+        t.resume()
+    }
+
+    public func report() -> StatsReport {
+        var total = CounterSnapshot()
+        var queues: [IOStats] = []
+        for w in workers {
+            let (c, io) = w.snapshot()
+            total.add(c)
+            queues.append(io)
+        }
+        let mine = Set(config.queues.map(Int.init))
+        return StatsReport(pid: getpid(), time: Int64(Date().timeIntervalSince1970), uptime: Int64(-started.timeIntervalSinceNow),
+                           mode: config.mode.rawValue, config: configPath, reloads: reloads, counters: total, queues: queues,
+                           kernelQueues: KernelQueueStats.read().filter { mine.contains($0.queue) },
+                           synchronizedFlows: synchronized.count)
+    }
+
+    func writeStats() {
+        let r = report()
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        guard let data = try? enc.encode(r) else { return }
+        let url = URL(fileURLWithPath: config.statsFile)
+        try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let tmp = url.path + ".tmp"
+        if FileManager.default.createFile(atPath: tmp, contents: data, attributes: [.posixPermissions: 0o644]) {
+            _ = rename(tmp, url.path)
+        }
+    }
+
+    func logStats(force: Bool) {
+        guard force || (config.statsInterval > 0 && -lastStatsLog.timeIntervalSinceNow >= Double(config.statsInterval)) else { return }
+        lastStatsLog = Date()
+        let c = report().counters
+        let drops = c.total.filter { $0.key.hasPrefix("dropped-") && $0.value > 0 }.sorted { $0.key < $1.key }
+            .map { "\($0.key.dropFirst(8))=\($0.value)" }
+        log.info("packets=\(c["packets"]) signed=\(c["signed"]) verified=\(c["verified"]) dropped: \(drops.isEmpty ? "none" : drops.joined(separator: " "))")
+    }
+}

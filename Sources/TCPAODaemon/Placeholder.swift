@@ -1,2 +1,0 @@
-import CNetfilterQueue
-func _nfqProbe() -> OpaquePointer? { mnl_socket_open(NETLINK_NETFILTER) }

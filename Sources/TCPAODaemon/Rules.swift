@@ -1,0 +1,147 @@
+import Foundation
+import TCPAO
+import TCPAOConfig
+
+/// The iptables/ip6tables rules that send the configured peers' TCP traffic (and ICMP hard
+/// errors, RFC 5925 7.8) to tcpaod's queues. They live in tcpaod's own chains of the mangle
+/// table, jumped to from the first position of the built-in chains: mangle runs before filter,
+/// so the operator's filter rules still apply to what tcpaod accepts (an NFQUEUE accept ends
+/// the traversal of the table it was given in).
+public struct RuleSet: Sendable, Equatable {
+    public static let table = "mangle"
+    public static let comment = "tcpaod"
+    /// (built-in chain, tcpaod chain) pairs a mode uses.
+    public static func chains(_ mode: Mode) -> [(String, String)] {
+        mode == .host ? [("OUTPUT", "TCPAOD-OUT"), ("INPUT", "TCPAOD-IN")] : [("FORWARD", "TCPAOD-FWD")]
+    }
+    public static let allChains: [(String, String)] = chains(.host) + chains(.gateway)
+
+    /// `iptables-restore --noflush` input, or nil when no peer of that family exists.
+    public var v4: String?
+    public var v6: String?
+
+    public init(_ cfg: Configuration) {
+        v4 = RuleSet.script(cfg, v6: false)
+        v6 = RuleSet.script(cfg, v6: true)
+    }
+
+    static func target(_ cfg: Configuration) -> String {
+        var t = cfg.threads == 1 ? "NFQUEUE --queue-num \(cfg.queue)" : "NFQUEUE --queue-balance \(cfg.queues.lowerBound):\(cfg.queues.upperBound)"
+        if cfg.queueBypass { t += " --queue-bypass" }
+        return t
+    }
+
+    static func safe(_ s: String) -> String {
+        String(s.unicodeScalars.map { CharacterSet.alphanumerics.contains($0) || "._-".unicodeScalars.contains($0) ? Character($0) : "_" })
+    }
+
+    static func script(_ cfg: Configuration, v6: Bool) -> String? {
+        let peers = cfg.peers.filter { $0.prefix.address.isV6 == v6 }
+        guard !peers.isEmpty else { return nil }
+        let target = target(cfg)
+        let chains = chains(cfg.mode)
+        var out = ["*\(table)"]
+        for (_, c) in chains { out.append(":\(c) - [0:0]") }
+        for (builtin, c) in chains { out.append("-I \(builtin) 1 -m comment --comment \(comment) -j \(c)") }
+        // (chain, address match) for the segments toward the peer (egress) and from it (ingress).
+        let egress = cfg.mode == .host ? "TCPAOD-OUT" : "TCPAOD-FWD"
+        let ingress = cfg.mode == .host ? "TCPAOD-IN" : "TCPAOD-FWD"
+        for p in peers {
+            var portMatches = [""]
+            if !p.ports.isEmpty {
+                // multiport takes at most 15 ports per rule; --ports matches source or destination.
+                portMatches = stride(from: 0, to: p.ports.count, by: 15).map { i in
+                    " -m multiport --ports " + p.ports[i..<min(i + 15, p.ports.count)].map(String.init).joined(separator: ",")
+                }
+            }
+            let note = " -m comment --comment \"tcpaod peer \(safe(p.name))\""
+            for pm in portMatches {
+                out.append("-A \(egress) -d \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
+                out.append("-A \(ingress) -s \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
+            }
+        }
+        if peers.contains(where: \.dropICMPHardErrors) {
+            // ICMP errors may come from any router on the path; the engine looks at the TCP
+            // segment they quote and drops them only for synchronized protected connections.
+            let codes = v6 ? ["1/1", "1/4"] : ["3/2", "3/3", "3/4"]
+            for c in codes {
+                let m = v6 ? "-p ipv6-icmp -m icmp6 --icmpv6-type \(c)" : "-p icmp -m icmp --icmp-type \(c)"
+                out.append("-A \(ingress) \(m) -m comment --comment \"tcpaod icmp hard error\" -j \(target)")
+            }
+        }
+        out.append("COMMIT")
+        return out.joined(separator: "\n") + "\n"
+    }
+}
+
+/// Installs and removes the rules with the iptables tools (nf_tables or legacy back end).
+public struct Firewall: Sendable {
+    public var backend: FirewallBackend
+
+    public init(backend: FirewallBackend) { self.backend = backend }
+
+    func tool(_ v6: Bool, restore: Bool) -> String {
+        let base = v6 ? "ip6tables" : "iptables"
+        let mid = backend == .iptables ? "" : (backend == .iptablesNft ? "-nft" : "-legacy")
+        return base + mid + (restore ? "-restore" : "")
+    }
+
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    @discardableResult
+    static func run(_ tool: String, _ args: [String], input: String? = nil) -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [tool] + args
+        let inPipe = Pipe(), outPipe = Pipe()
+        p.standardInput = inPipe
+        p.standardOutput = outPipe
+        p.standardError = outPipe
+        do { try p.run() } catch { return (127, "\(tool): \(error)") }
+        if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
+        try? inPipe.fileHandleForWriting.close()
+        let data = outPipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Installs `rules` after removing any left by an earlier run. On failure nothing of tcpaod's
+    /// stays installed.
+    public func install(_ rules: RuleSet) throws {
+        remove()
+        for (v6, script) in [(false, rules.v4), (true, rules.v6)] {
+            guard let script else { continue }
+            let (rc, out) = Firewall.run(tool(v6, restore: true), ["--noflush", "--wait"], input: script)
+            if rc != 0 {
+                remove()
+                let hint = rc == 127 ? " (is the iptables package installed?)" : ""
+                throw Failure(description: "\(tool(v6, restore: true)) refused tcpaod's rules\(hint): \(out)")
+            }
+        }
+    }
+
+    /// Removes tcpaod's jumps and chains, whatever is there; absent ones are fine.
+    public func remove() {
+        for v6 in [false, true] {
+            let t = tool(v6, restore: false)
+            for (builtin, chain) in RuleSet.allChains {
+                for _ in 0..<16 {
+                    let (rc, _) = Firewall.run(t, ["-w", "-t", RuleSet.table, "-D", builtin, "-m", "comment", "--comment", RuleSet.comment, "-j", chain])
+                    if rc != 0 { break }
+                }
+                Firewall.run(t, ["-w", "-t", RuleSet.table, "-F", chain])
+                Firewall.run(t, ["-w", "-t", RuleSet.table, "-X", chain])
+            }
+        }
+    }
+
+    /// Whether any of tcpaod's chains exists (tests, `tcpaod rules --status`).
+    public func installed() -> Bool {
+        for v6 in [false, true] {
+            for (_, chain) in RuleSet.allChains {
+                if Firewall.run(tool(v6, restore: false), ["-w", "-t", RuleSet.table, "-n", "-L", chain]).0 == 0 { return true }
+            }
+        }
+        return false
+    }
+}

@@ -1,0 +1,854 @@
+#!/usr/bin/env python3
+"""tcpaod end-to-end tests: real packets through real NFQUEUE, between network namespaces,
+with unmodified applications (socat, sshd/ssh, a plain Python TCP client) and independent
+checks (tcpdump captures verified by `tcpaod verify-pcap` and by scapy.contrib.tcpao).
+
+usage: e2e.py [-k SUBSTRING] [--list]        (root; TCPAOD_BIN=path to the tcpaod binary)
+
+Topologies (documentation addresses only):
+  two hosts   A 192.0.2.1 / 2001:db8:1::1  <-veth->  B 192.0.2.2 / 2001:db8:1::2
+  gateway     A 192.0.2.1 <-> G 192.0.2.254 | 198.51.100.254 <-> H 198.51.100.1
+              (and 2001:db8:1::/64, 2001:db8:2::/64); tcpaod host mode on A, gateway mode on G,
+              H runs nothing: G protects it.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+TCPAOD = os.environ.get("TCPAOD_BIN", os.path.join(ROOT, ".build", "release", "tcpaod"))
+ALGORITHMS = ["hmac-sha-1-96", "aes-128-cmac-96", "hmac-sha-256-96", "hmac-sha-256-128"]
+SCAPY_NAMES = {"hmac-sha-1-96": "HMAC-SHA-1-96", "aes-128-cmac-96": "AES-128-CMAC-96"}
+BIG = int(os.environ.get("E2E_BIG_BYTES", 200 * 1000 * 1000))
+WORK = tempfile.mkdtemp(prefix="tcpaod-e2e-")
+TAG = "t%d" % (os.getpid() % 10000)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+class Fail(AssertionError):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def sh(args, check_rc=True, timeout=60, **kw):
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    if check_rc and r.returncode != 0:
+        raise Fail("command failed (%d): %s\n%s%s" % (r.returncode, " ".join(args), r.stdout, r.stderr))
+    return r
+
+
+class NS:
+    """A network namespace and the processes started in it."""
+
+    def __init__(self, name):
+        self.name = "%s-%s" % (TAG, name)
+        self.procs = []
+        sh(["ip", "netns", "add", self.name])
+        self.run(["ip", "link", "set", "lo", "up"])
+
+    def cmd(self, args):
+        return ["ip", "netns", "exec", self.name] + list(args)
+
+    def run(self, args, **kw):
+        return sh(self.cmd(args), **kw)
+
+    def popen(self, args, **kw):
+        p = subprocess.Popen(self.cmd(args), **kw)
+        self.procs.append(p)
+        return p
+
+    def mac(self, dev):
+        return self.run(["cat", "/sys/class/net/%s/address" % dev]).stdout.strip()
+
+    def rules(self):
+        return self.run(["iptables", "-t", "mangle", "-S"]).stdout + self.run(["ip6tables", "-t", "mangle", "-S"]).stdout
+
+    def established(self, port):
+        return [l for l in self.run(["ss", "-Htn", "state", "established"]).stdout.splitlines() if (":%d " % port) in l + " "]
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        subprocess.run(["ip", "netns", "pids", self.name], capture_output=True)
+        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def link(a, adev, b, bdev, addrs_a, addrs_b):
+    sh(["ip", "link", "add", adev, "netns", a.name, "type", "veth", "peer", "name", bdev, "netns", b.name])
+    for ns, dev, addrs in ((a, adev, addrs_a), (b, bdev, addrs_b)):
+        for ad in addrs:
+            ns.run(["ip", "addr", "add", ad, "dev", dev] + (["nodad"] if ":" in ad else []))
+        ns.run(["ip", "link", "set", dev, "up"])
+
+
+class Topology:
+    def __init__(self):
+        self.nss = []
+
+    def ns(self, name):
+        n = NS(name)
+        self.nss.append(n)
+        return n
+
+    def close(self):
+        for n in self.nss:
+            n.close()
+
+
+def two_hosts(topo):
+    a, b = topo.ns("a"), topo.ns("b")
+    link(a, "va", b, "vb", ["192.0.2.1/24", "2001:db8:1::1/64"], ["192.0.2.2/24", "2001:db8:1::2/64"])
+    return a, b
+
+
+def gateway_topology(topo):
+    a, g, h = topo.ns("a"), topo.ns("g"), topo.ns("h")
+    link(a, "va", g, "ga", ["192.0.2.1/24", "2001:db8:1::1/64"], ["192.0.2.254/24", "2001:db8:1::fe/64"])
+    link(g, "gh", h, "vh", ["198.51.100.254/24", "2001:db8:2::fe/64"], ["198.51.100.1/24", "2001:db8:2::1/64"])
+    a.run(["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.254"])
+    a.run(["ip", "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:1::fe"])
+    h.run(["ip", "route", "add", "default", "via", "198.51.100.254"])
+    h.run(["ip", "-6", "route", "add", "default", "via", "2001:db8:2::fe"])
+    g.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+    return a, g, h
+
+
+# ---- configuration and the daemon ------------------------------------------------------------
+
+def key_yaml(key_id, send_id, recv_id, alg, secret, extra=""):
+    return ("      - { key-id: %d, send-id: %d, recv-id: %d, crypto-algorithm: %s, key-string: \"%s\"%s }\n"
+            % (key_id, send_id, recv_id, alg, secret, extra))
+
+
+def write_config(name, peers, keys, mode="host", threads=2, queue=100, extra=""):
+    """peers: list of (name, prefix, ports or None). keys: YAML lines of the chain's keys."""
+    path = os.path.join(WORK, name + ".yaml")
+    stats = os.path.join(WORK, name + ".stats.json")
+    body = "mode: %s\nqueue: %d\nthreads: %d\nstats-file: %s\nstats-interval: 0\n%s" % (mode, queue, threads, stats, extra)
+    body += "key-chains:\n  - name: k\n    keys:\n" + "".join(keys)
+    body += "peers:\n"
+    for pname, prefix, ports in peers:
+        body += "  - { name: %s, prefix: \"%s\", key-chain: k%s }\n" % (pname, prefix, ", ports: [%s]" % ", ".join(map(str, ports)) if ports else "")
+    with open(path, "w") as f:
+        f.write(body)
+    os.chmod(path, 0o600)
+    return path
+
+
+class Daemon:
+    def __init__(self, ns, config, name, env=None):
+        self.ns, self.config, self.name = ns, config, name
+        self.logpath = os.path.join(WORK, name + ".log")
+        self.stats_path = config.replace(".yaml", ".stats.json")
+        if os.path.exists(self.stats_path):
+            os.unlink(self.stats_path)
+        self.logf = open(self.logpath, "w")
+        self.p = ns.popen([TCPAOD, "run", "--config", config], stdout=self.logf, stderr=subprocess.STDOUT,
+                          env=dict(os.environ, **(env or {})))
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if os.path.exists(self.stats_path):
+                return
+            if self.p.poll() is not None:
+                raise Fail("tcpaod %s exited (%d) at start:\n%s" % (name, self.p.returncode, self.log()))
+            time.sleep(0.05)
+        raise Fail("tcpaod %s did not start:\n%s" % (name, self.log()))
+
+    def log(self):
+        self.logf.flush()
+        with open(self.logpath) as f:
+            return f.read()
+
+    def stats(self):
+        """Counters as of now (the daemon writes them every second)."""
+        time.sleep(1.2)
+        with open(self.stats_path) as f:
+            return json.load(f)
+
+    def hup(self):
+        self.p.send_signal(signal.SIGHUP)
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        rc = self.p.wait(20)
+        check(rc == 0, "tcpaod %s exited %d on SIGTERM:\n%s" % (self.name, rc, self.log()))
+        return rc
+
+
+def counter(stats, name, peer=None):
+    c = stats["counters"]
+    return (c["peers"].get(peer, {}) if peer else c["total"]).get(name, 0)
+
+
+_files = {}
+
+
+def data_file(size):
+    if size not in _files:
+        path = os.path.join(WORK, "data-%d.bin" % size)
+        h = hashlib.sha256()
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                chunk = os.urandom(min(left, 1 << 20))
+                f.write(chunk)
+                h.update(chunk)
+                left -= len(chunk)
+        _files[size] = (path, h.hexdigest())
+    return _files[size]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def transfer(client_ns, server_ns, server_addr, port, size, timeout=180):
+    """An unmodified socat client sends `size` random bytes to an unmodified socat server;
+    returns (seconds, intact)."""
+    src, digest = data_file(size)
+    dst = os.path.join(WORK, "recv-%s-%d.bin" % (server_ns.name, port))
+    v6 = ":" in server_addr
+    listen = ("TCP6-LISTEN:%d,reuseaddr" if v6 else "TCP4-LISTEN:%d,reuseaddr") % port
+    srv = server_ns.popen(["socat", "-u", listen, "OPEN:%s,creat,trunc" % dst], stderr=subprocess.PIPE)
+    time.sleep(0.3)
+    target = ("TCP6:[%s]:%d" if v6 else "TCP4:%s:%d") % (server_addr, port)
+    t0 = time.time()
+    r = client_ns.run(["socat", "-u", "OPEN:%s" % src, target + ",connect-timeout=10"], check_rc=False, timeout=timeout)
+    try:
+        srv.wait(30)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        raise Fail("the server did not see the end of the transfer")
+    secs = time.time() - t0
+    check(r.returncode == 0, "socat client failed: %s" % r.stderr)
+    got = sha256(dst)
+    os.unlink(dst)
+    return secs, got == digest
+
+
+class Capture:
+    def __init__(self, ns, dev, filt="tcp"):
+        self.path = os.path.join(WORK, "cap-%s-%s-%d.pcap" % (ns.name, dev, int(time.time() * 1000)))
+        self.p = ns.popen(["tcpdump", "-i", dev, "-s", "0", "-B", "16384", "-U", "-w", self.path, filt],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 5
+        while not os.path.exists(self.path) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    def stop(self):
+        time.sleep(0.3)
+        self.p.send_signal(signal.SIGINT)
+        err = self.p.communicate(timeout=10)[1].decode()
+        m = re.search(r"(\d+) packets dropped by kernel", err)
+        check(m is None or m.group(1) == "0", "tcpdump dropped packets: %s" % err)
+        return self.path
+
+
+def verify_pcap(config, path, strict=True):
+    args = [TCPAOD, "verify-pcap", "--config", config, "--json"] + (["--strict"] if strict else []) + [path]
+    r = sh(args, check_rc=False, timeout=300)
+    out = json.loads(r.stdout)
+    return r.returncode, out
+
+
+def scapy_verify(path, secret, alg):
+    r = sh([sys.executable, os.path.join(HERE, "ao_verify.py"), path, secret, SCAPY_NAMES[alg]], check_rc=False, timeout=300)
+    return r.returncode, json.loads(r.stdout.strip().splitlines()[-1]), r.stdout
+
+
+SECRET = "e2e shared secret 0123456789"
+
+
+def pair_configs(a_ns_addrs, b_ns_addrs, alg, secret_a=SECRET, secret_b=SECRET, threads=2, extra=""):
+    ka = [key_yaml(1, 1, 1, alg, secret_a)]
+    kb = [key_yaml(1, 1, 1, alg, secret_b)]
+    ca = write_config("a", [("b", "192.0.2.2/32", None), ("b6", "2001:db8:1::2/128", None)], ka, threads=threads, extra=extra)
+    cb = write_config("b", [("a", "192.0.2.1/32", None), ("a6", "2001:db8:1::1/128", None)], kb, threads=threads, extra=extra)
+    return ca, cb
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+@test
+def bulk_transfers_each_algorithm_ipv4_ipv6():
+    """1. A 200 MB transfer between unmodified socat client and server arrives intact, over IPv4
+    and IPv6, with each algorithm; every segment on the wire verifies (verify-pcap, strict) and
+    none exceeds the MTU (MSS clamping)."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        for alg in ALGORITHMS:
+            ca, cb = pair_configs(None, None, alg)
+            da, db = Daemon(a, ca, "a-" + alg), Daemon(b, cb, "b-" + alg)
+            for addr in ("192.0.2.2", "2001:db8:1::2"):
+                cap = Capture(a, "va", "tcp port 830") if alg == "hmac-sha-1-96" else None
+                secs, intact = transfer(a, b, addr, 830, BIG)
+                check(intact, "%s %s: the data arrived damaged" % (alg, addr))
+                log("    %-17s %-14s %d MB in %.2f s (%.2f Gbit/s), sha256 equal" % (alg, addr, BIG // 1000000, secs, BIG * 8 / secs / 1e9))
+                if cap:
+                    rc, out = verify_pcap(ca, cap.stop())
+                    seg = out["segments"]
+                    check(rc == 0 and out["summary"]["failed"] == 0, "verify-pcap: %s" % out["line"])
+                    check(len(seg) > BIG // 1500, "the capture is missing segments: %d" % len(seg))
+                    mx = max(s["length"] for s in seg)
+                    check(mx <= 1500, "a signed segment of %d bytes exceeds the 1500-byte MTU" % mx)
+                    log("    capture on the wire: %s; largest packet %d bytes" % (out["line"], mx))
+                    os.unlink(cap.path)
+            sa, sb = da.stats(), db.stats()
+            for s, who in ((sa, "A"), (sb, "B")):
+                drops = {k: v for k, v in s["counters"]["total"].items() if k.startswith("dropped-") and v}
+                check(not drops, "%s dropped segments: %s" % (who, drops))
+                check(counter(s, "signed") > BIG // 1500 or counter(s, "verified") > BIG // 1500, "%s counted too little" % who)
+            da.stop()
+            db.stop()
+            check("TCPAOD" not in a.rules() + b.rules(), "rules left behind after SIGTERM")
+    finally:
+        topo.close()
+
+
+@test
+def gateway_mode_protects_an_unmodified_host():
+    """1 (gateway). tcpaod in gateway mode on G protects H, which runs nothing; A (host mode) talks
+    to H: 200 MB intact both families, TCP-AO on the A-G link, none on the G-H link."""
+    topo = Topology()
+    try:
+        a, g, h = gateway_topology(topo)
+        alg = "aes-128-cmac-96"
+        k = [key_yaml(1, 1, 1, alg, SECRET)]
+        ca = write_config("a", [("h", "198.51.100.0/24", [830]), ("h6", "2001:db8:2::/64", [830])], k)
+        cg = write_config("g", [("a", "192.0.2.0/24", [830]), ("a6", "2001:db8:1::/64", [830])], k, mode="gateway")
+        da, dg = Daemon(a, ca, "a"), Daemon(g, cg, "g")
+        for addr in ("198.51.100.1", "2001:db8:2::1"):
+            wire, inside = Capture(a, "va", "tcp port 830"), Capture(h, "vh", "tcp port 830")
+            secs, intact = transfer(a, h, addr, 830, BIG)
+            check(intact, "gateway %s: data damaged" % addr)
+            rc, out = verify_pcap(ca, wire.stop())
+            check(rc == 0, "A-G link: %s" % out["line"])
+            rc2, out2 = verify_pcap(ca, inside.stop(), strict=False)
+            noao = out2["summary"]["counts"].get("no-ao", 0)
+            check(out2["summary"]["counts"].get("verified", 0) == 0 and noao > BIG // 1500,
+                  "G-H link should carry plain TCP: %s" % out2["line"])
+            log("    gateway %-14s %d MB in %.2f s; A-G: %s; G-H: %d segments without TCP-AO" % (addr, BIG // 1000000, secs, out["line"], noao))
+            os.unlink(wire.path)
+            os.unlink(inside.path)
+        check(counter(dg.stats(), "verified") > 0, "G verified nothing")
+        da.stop()
+        dg.stop()
+        check("TCPAOD" not in g.rules(), "gateway rules left behind")
+    finally:
+        topo.close()
+
+
+@test
+def ssh_session_on_netconf_port():
+    """2. A real SSH session to sshd on port 830 runs a command and exits cleanly; 3. every
+    segment of it carries a valid TCP-AO option (verify-pcap and scapy.contrib.tcpao)."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        ca, cb = pair_configs(None, None, "hmac-sha-1-96")
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        d = os.path.join(WORK, "ssh")
+        os.makedirs(d, exist_ok=True)
+        for k in ("host", "id"):
+            if not os.path.exists(os.path.join(d, k)):
+                sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(d, k)])
+        shutil.copy(os.path.join(d, "id.pub"), os.path.join(d, "authorized_keys"))
+        with open(os.path.join(d, "sshd_config"), "w") as f:
+            f.write(textwrap.dedent("""\
+                Port 830
+                ListenAddress 192.0.2.2
+                HostKey %s/host
+                AuthorizedKeysFile %s/authorized_keys
+                PermitRootLogin prohibit-password
+                PasswordAuthentication no
+                KbdInteractiveAuthentication no
+                UsePAM no
+                StrictModes no
+                PidFile %s/sshd.pid
+                """ % (d, d, d)))
+        os.makedirs("/run/sshd", exist_ok=True)
+        b.popen(["/usr/sbin/sshd", "-D", "-e", "-f", os.path.join(d, "sshd_config")], stderr=subprocess.DEVNULL)
+        time.sleep(0.7)
+        cap = Capture(a, "va", "tcp port 830")
+        r = a.run(["ssh", "-p", "830", "-i", os.path.join(d, "id"), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                   "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "root@192.0.2.2", "echo netconf-over-ssh; cat /proc/sys/kernel/hostname; exit 7"],
+                  check_rc=False, timeout=60)
+        path = cap.stop()
+        check(r.returncode == 7 and "netconf-over-ssh" in r.stdout, "ssh session failed (%d): %s %s" % (r.returncode, r.stdout, r.stderr))
+        log("    ssh -p 830: ran the command, exit status 7 passed through")
+        rc, out = verify_pcap(ca, path)
+        check(rc == 0, "verify-pcap: %s" % out["line"])
+        src, res, text = scapy_verify(path, SECRET, "hmac-sha-1-96")
+        check(src == 0 and res["valid"] == out["summary"]["counts"]["verified"], "scapy disagrees: %s" % text)
+        log("    capture: verify-pcap %s; scapy.contrib.tcpao: %d valid, %d bad" % (out["line"], res["valid"], res["bad"]))
+        da.stop()
+        db.stop()
+    finally:
+        topo.close()
+
+
+@test
+def capture_checked_independently_with_scapy():
+    """3. Every TCP segment of protected flows on the wire carries a valid AO option, checked by
+    verify-pcap and, independently, by scapy's tcpao, for both RFC 5926 algorithms and both
+    address families, options included and excluded."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        for alg in ("hmac-sha-1-96", "aes-128-cmac-96"):
+            for exclude in (False, True):
+                extra = ", include-tcp-options: false" if exclude else ""
+                k = [key_yaml(1, 1, 1, alg, SECRET, extra)]
+                ca = write_config("a", [("b", "192.0.2.2/32", None), ("b6", "2001:db8:1::2/128", None)], k)
+                cb = write_config("b", [("a", "192.0.2.1/32", None), ("a6", "2001:db8:1::1/128", None)], k)
+                da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+                cap = Capture(a, "va", "tcp port 830")
+                for addr in ("192.0.2.2", "2001:db8:1::2"):
+                    _, intact = transfer(a, b, addr, 830, 3 * 1000 * 1000)
+                    check(intact, "damaged")
+                path = cap.stop()
+                rc, out = verify_pcap(ca, path)
+                check(rc == 0, "verify-pcap: %s" % out["line"])
+                args = [sys.executable, os.path.join(HERE, "ao_verify.py"), path, SECRET, SCAPY_NAMES[alg]] + (["--exclude-options"] if exclude else [])
+                r = sh(args, check_rc=False, timeout=300)
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+                check(r.returncode == 0 and res["valid"] == out["summary"]["counts"]["verified"], "scapy: %s" % r.stdout)
+                log("    %-16s options %-8s: verify-pcap %s; scapy %d valid, 0 bad, 0 unsigned"
+                    % (alg, "excluded" if exclude else "included", out["line"], res["valid"]))
+                da.stop()
+                db.stop()
+    finally:
+        topo.close()
+
+
+@test
+def wrong_key_never_connects():
+    """4. Wrong key on one side: no connection is established, and the failures are counted
+    (per peer and per key)."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        ca, cb = pair_configs(None, None, "hmac-sha-1-96", secret_b="a different secret, wrong")
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        srv = b.popen(["socat", "-u", "TCP4-LISTEN:830,reuseaddr", "OPEN:/dev/null"], stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        r = a.run(["socat", "-u", "OPEN:/etc/hostname", "TCP4:192.0.2.2:830,connect-timeout=4"], check_rc=False, timeout=30)
+        check(r.returncode != 0, "the connection succeeded with a wrong key")
+        check(not b.established(830), "B has an established connection")
+        s = db.stats()
+        bad = counter(s, "dropped-bad-mac", "a")
+        check(bad >= 1, "B did not count bad MACs: %s" % s["counters"]["peers"]["a"])
+        check(s["counters"]["keys"]["a"]["1"]["bad-mac"] == bad, "per-key counter disagrees")
+        check(s["synchronizedFlows"] == 0, "B tracks a connection")
+        log("    connection refused by TCP-AO; B counted %d bad-mac drops for peer a, key 1" % bad)
+        srv.kill()
+        da.stop()
+        db.stop()
+    finally:
+        topo.close()
+
+
+ECHO_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 830), timeout=5)
+print("connected", flush=True)
+ok = 0
+end = time.time() + float(sys.argv[2])
+i = 0
+try:
+    while time.time() < end:
+        msg = ("ping %d\n" % i).encode()
+        s.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed by peer")
+            got += chunk
+        if got != msg:
+            print("CORRUPT %r" % got, flush=True)
+            sys.exit(3)
+        ok += 1
+        i += 1
+        time.sleep(0.05)
+    print("OK %d" % ok, flush=True)
+except Exception as e:
+    print("BROKEN after %d: %s" % (ok, e), flush=True)
+    sys.exit(2)
+"""
+
+INJECT = r"""
+import sys, time
+from scapy.all import Ether, IP, TCP, ICMP, IPerror, TCPerror, Raw, sendp, sniff, conf
+conf.verb = 0
+dev, src_mac, dst_mac, b_ip, a_ip, kinds = sys.argv[1:7]
+# Learn the connection's numbers from B's own segments to A (after B's tcpaod, on the wire).
+pkts = sniff(iface=dev, filter="tcp and src host %s and src port 830" % b_ip, count=3, timeout=10)
+if not pkts:
+    print("no traffic seen"); sys.exit(1)
+t = pkts[-1][TCP]
+seq = t.seq + len(bytes(t.payload))
+cport, ack = t.dport, t.ack
+eth = Ether(src=src_mac, dst=dst_mac)
+for kind in kinds.split(","):
+    if kind == "rst":        # an in-window reset without TCP-AO
+        p = eth / IP(src=b_ip, dst=a_ip) / TCP(sport=830, dport=cport, flags="R", seq=seq)
+    elif kind == "rstack":   # ... and with ACK, exactly at the next sequence number
+        p = eth / IP(src=b_ip, dst=a_ip) / TCP(sport=830, dport=cport, flags="RA", seq=seq, ack=ack)
+    elif kind == "badmac":   # data with a TCP-AO option whose MAC is wrong
+        p = eth / IP(src=b_ip, dst=a_ip) / TCP(sport=830, dport=cport, flags="PA", seq=seq, ack=ack,
+                                                 options=[("AO", bytes([1, 1]) + b"\x42" * 12)]) / Raw(b"EVIL injected\n")
+    elif kind == "icmp":     # port unreachable quoting A's segment: a hard error (RFC 5925 7.8)
+        p = eth / IP(src=b_ip, dst=a_ip) / ICMP(type=3, code=3) / IPerror(src=a_ip, dst=b_ip) / TCPerror(sport=cport, dport=830, seq=ack)
+    sendp(p, iface=dev)
+    print("injected", kind, flush=True)
+    time.sleep(0.2)
+"""
+
+
+def run_with_injection(a, b, kinds, seconds=5):
+    """An unmodified echo server on B, a plain Python client on A; forged segments injected
+    on the wire at B's side (AF_PACKET, past B's own netfilter). Returns the client's output."""
+    srv = b.popen(["socat", "TCP4-LISTEN:830,reuseaddr,fork", "EXEC:cat"], stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    cli = a.popen([sys.executable, "-c", ECHO_CLIENT, "192.0.2.2", str(seconds)], stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    inj = b.run([sys.executable, "-c", INJECT, "vb", b.mac("vb"), a.mac("va"), "192.0.2.2", "192.0.2.1", kinds], check_rc=False, timeout=60)
+    out = cli.communicate(timeout=seconds + 30)[0]
+    srv.kill()
+    check(inj.returncode == 0, "injection failed: %s %s" % (inj.stdout, inj.stderr))
+    return cli.returncode, out
+
+
+@test
+def forged_segments_do_not_disturb_the_connection():
+    """5. Forged segments injected on the wire (scapy) -- an in-window RST without AO, a data
+    segment with a bad MAC, an ICMP port-unreachable -- do not disturb the running connection.
+    Control: without tcpaod the same RST kills it."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        rc, out = run_with_injection(a, b, "rstack")
+        check(rc == 2 and "BROKEN" in out, "control failed: the forged RST did not reset an unprotected connection: %s" % out)
+        log("    control without tcpaod: the forged RST reset the connection (%s)" % out.strip().splitlines()[-1])
+        ca, cb = pair_configs(None, None, "hmac-sha-1-96")
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        rc, out = run_with_injection(a, b, "rst,rstack,badmac,icmp")
+        check(rc == 0 and "OK" in out and "EVIL" not in out, "the connection was disturbed: %s" % out)
+        s = da.stats()
+        got = {k: counter(s, "dropped-" + k, "b") for k in ("missing-ao", "bad-mac")}
+        got["icmp-hard-error"] = counter(s, "dropped-icmp-hard-error")
+        check(got["missing-ao"] >= 2 and got["bad-mac"] >= 1 and got["icmp-hard-error"] >= 1, "not all forgeries were counted: %s" % got)
+        log("    with tcpaod: connection intact (%s); A dropped %s" % (out.strip().splitlines()[-1], got))
+        da.stop()
+        db.stop()
+    finally:
+        topo.close()
+
+
+PACED = r"""
+import sys, time
+path, rate = sys.argv[1], float(sys.argv[2])
+out = sys.stdout.buffer
+with open(path, "rb") as f:
+    t0 = time.time(); sent = 0
+    while True:
+        chunk = f.read(65536)
+        if not chunk: break
+        out.write(chunk); out.flush(); sent += len(chunk)
+        ahead = sent / rate - (time.time() - t0)
+        if ahead > 0: time.sleep(ahead)
+"""
+
+
+@test
+def key_rollover_during_a_transfer():
+    """6. Key rollover during a transfer: a new key made preferred (SIGHUP, B then A) keeps the
+    transfer alive and moves the KeyID on the wire to the new key, in both directions."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        k1 = key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET,
+                      ", send-lifetime: { start-date-time: 2025-01-01T00:00:00Z, no-end-time: true }")
+        ca = write_config("a", [("b", "192.0.2.2/32", None)], [k1])
+        cb = write_config("b", [("a", "192.0.2.1/32", None)], [k1])
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        size = 30 * 1000 * 1000
+        src, digest = data_file(size)
+        dst = os.path.join(WORK, "rollover.bin")
+        srv = b.popen(["socat", "-u", "TCP4-LISTEN:830,reuseaddr", "OPEN:%s,creat,trunc" % dst], stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        cap = Capture(a, "va", "tcp port 830")
+        prod = subprocess.Popen(a.cmd(["sh", "-c", "%s -c '%s' %s %d | socat -u STDIN TCP4:192.0.2.2:830" % (sys.executable, PACED.replace("'", "'\\''"), src, size // 6)]))
+        time.sleep(1.5)
+        # The new key starts its send lifetime now: the newest valid key is preferred.
+        k2 = key_yaml(2, 2, 2, "aes-128-cmac-96", "the next secret, rolled in",
+                      ", send-lifetime: { start-date-time: %s, no-end-time: true }" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1)))
+        write_config("b", [("a", "192.0.2.1/32", None)], [k1, k2])
+        db.hup()
+        time.sleep(1.5)
+        write_config("a", [("b", "192.0.2.2/32", None)], [k1, k2])
+        da.hup()
+        rc = prod.wait(60)
+        srv.wait(30)
+        path = cap.stop()
+        check(rc == 0, "the transfer failed during the rollover")
+        check(sha256(dst) == digest, "data damaged during the rollover")
+        rc, out = verify_pcap(ca, path)
+        check(rc == 0, "verify-pcap: %s" % out["line"])
+        runs = {}
+        for s in out["segments"]:
+            side = "a" if s["src"] == "192.0.2.1" else "b"
+            r = runs.setdefault(side, [])
+            if s.get("keyID") is not None and (not r or r[-1] != s["keyID"]):
+                r.append(s["keyID"])
+        check(runs.get("a") == [1, 2] and runs.get("b") == [1, 2], "KeyID on the wire did not move 1 -> 2 cleanly: %s" % runs)
+        sa, sb = da.stats(), db.stats()
+        for s, who in ((sa, "A"), (sb, "B")):
+            drops = {k: v for k, v in s["counters"]["total"].items() if k.startswith("dropped-") and v}
+            check(not drops, "%s dropped during the rollover: %s" % (who, drops))
+        log("    30 MB paced transfer intact; KeyIDs on the wire A->B %s, B->A %s; %s; no drops" % (runs["a"], runs["b"], out["line"]))
+        check("reloaded" in da.log() and "reloaded" in db.log(), "reload not logged")
+        da.stop()
+        db.stop()
+    finally:
+        topo.close()
+
+
+@test
+def bad_configuration_changes_nothing():
+    """7. Bad config and unreadable key files give a clear message and a non-zero exit, and
+    leave no rules behind; a second daemon on a bound queue is refused without touching the
+    first one's rules."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        good = write_config("a", [("b", "192.0.2.2/32", None)], [key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)])
+        cases = []
+        with open(good) as f:
+            text = f.read()
+        bad = os.path.join(WORK, "bad.yaml")
+        with open(bad, "w") as f:
+            f.write(text.replace("send-id: 1", "send-id: 999"))
+        os.chmod(bad, 0o600)
+        cases.append(("SendID out of range", bad, "bad.yaml:", "send-id"))
+        keyfile = os.path.join(WORK, "k.key")
+        with open(keyfile, "w") as f:
+            f.write("a perfectly good secret\n")
+        os.chmod(keyfile, 0o644)
+        kf = os.path.join(WORK, "kf.yaml")
+        with open(kf, "w") as f:
+            f.write(text.replace('key-string: "%s"' % SECRET, "key-file: %s" % keyfile))
+        os.chmod(kf, 0o600)
+        cases.append(("world-readable key file", kf, "readable by every user", "chmod 600"))
+        missing = os.path.join(WORK, "missing.yaml")
+        with open(missing, "w") as f:
+            f.write(text.replace('key-string: "%s"' % SECRET, "key-file: %s/nonexistent.key" % WORK))
+        os.chmod(missing, 0o600)
+        cases.append(("missing key file", missing, "does not exist", "key-file"))
+        loose = os.path.join(WORK, "loose.yaml")
+        shutil.copy(good, loose)
+        os.chmod(loose, 0o644)
+        cases.append(("world-readable config with secrets", loose, "readable by every user", "chmod 600"))
+        for what, path, must1, must2 in cases:
+            r = a.run([TCPAOD, "run", "--config", path], check_rc=False, timeout=30)
+            msg = r.stderr.strip()
+            check(r.returncode == 1 and must1 in msg and must2 in msg, "%s: exit %d, message: %s" % (what, r.returncode, msg))
+            check("TCPAOD" not in a.rules(), "%s: rules left behind" % what)
+            log("    %-36s exit 1: %s" % (what, msg.splitlines()[0][:150]))
+        r = a.run([TCPAOD, "check", "--config", bad], check_rc=False)
+        check(r.returncode == 1 and ":" in r.stderr, "tcpaod check did not fail")
+        d1 = Daemon(a, good, "first")
+        rules_before = a.rules()
+        r = a.run([TCPAOD, "run", "--config", good], check_rc=False, timeout=30)
+        check(r.returncode == 1 and "already bound" in r.stderr, "second daemon: %d %s" % (r.returncode, r.stderr))
+        check(a.rules() == rules_before and "TCPAOD" in rules_before, "the second daemon touched the first one's rules")
+        log("    second daemon on the same queues: exit 1: %s" % r.stderr.strip().splitlines()[0])
+        d1.stop()
+    finally:
+        topo.close()
+
+
+@test
+def fails_closed_when_the_daemon_dies():
+    """Fail closed: when tcpaod is killed (no clean stop) its rules stay and protected traffic
+    stops instead of flowing unprotected; restarted, it protects new connections again.
+    With on-exit: keep-rules a clean stop also keeps traffic blocked."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        ca, cb = pair_configs(None, None, "hmac-sha-1-96")
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        _, intact = transfer(a, b, "192.0.2.2", 830, 100000)
+        check(intact, "baseline transfer failed")
+        db.p.send_signal(signal.SIGKILL)
+        db.p.wait(10)
+        check("TCPAOD" in b.rules(), "rules vanished with the daemon")
+        srv = b.popen(["socat", "-u", "TCP4-LISTEN:830,reuseaddr", "OPEN:/dev/null"], stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        r = a.run(["socat", "-u", "OPEN:/etc/hostname", "TCP4:192.0.2.2:830,connect-timeout=3"], check_rc=False, timeout=30)
+        srv.kill()
+        check(r.returncode != 0, "traffic flowed while B's tcpaod was dead")
+        log("    B's tcpaod killed: its rules stay, the connection attempt fails (fail closed)")
+        db = Daemon(b, cb, "b-again")
+        _, intact = transfer(a, b, "192.0.2.2", 830, 100000)
+        check(intact, "no recovery after restart")
+        log("    restarted: new connections are protected again")
+        da.stop()
+        db.stop()
+        keep = pair_configs(None, None, "hmac-sha-1-96", extra="on-exit: keep-rules\n")[1]
+        dk = Daemon(b, keep, "b-keep")
+        dk.stop()
+        check("TCPAOD" in b.rules(), "on-exit: keep-rules removed the rules")
+        b.run([TCPAOD, "rules", "--config", keep, "--remove"])
+        check("TCPAOD" not in b.rules(), "tcpaod rules --remove left rules")
+        log("    on-exit: keep-rules keeps them across a clean stop; tcpaod rules --remove clears them")
+    finally:
+        topo.close()
+
+
+@test
+def both_firewall_backends():
+    """Rules install and work with the nf_tables and the legacy iptables back ends."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        for backend in ("iptables-nft", "iptables-legacy"):
+            if not shutil.which(backend + "-restore"):
+                raise Fail("%s-restore is not installed" % backend)
+            ca, cb = pair_configs(None, None, "hmac-sha-1-96", extra="firewall: %s\n" % backend)
+            da, db = Daemon(a, ca, "a-" + backend), Daemon(b, cb, "b-" + backend)
+            listing = a.run([backend, "-t", "mangle", "-S"]).stdout
+            check("TCPAOD-OUT" in listing, "%s: rules not visible" % backend)
+            _, intact = transfer(a, b, "192.0.2.2", 830, 2000000)
+            check(intact and counter(da.stats(), "signed") > 0, "%s: traffic not protected" % backend)
+            da.stop()
+            db.stop()
+            check("TCPAOD" not in a.run([backend, "-t", "mangle", "-S"]).stdout, "%s: rules left" % backend)
+            log("    %s: installed, protected a transfer, removed" % backend)
+    finally:
+        topo.close()
+
+
+@test
+def systemd_unit_and_notify_protocol():
+    """The unit passes `systemd-analyze verify`; Type=notify: READY=1 once the queues are bound and
+    the rules installed, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1 on SIGTERM."""
+    unit = os.path.join(WORK, "tcpaod.service")
+    with open(os.path.join(ROOT, "systemd", "tcpaod.service")) as f:
+        text = f.read().replace("/usr/local/bin/tcpaod", TCPAOD)
+    with open(unit, "w") as f:
+        f.write(text)
+    r = sh(["systemd-analyze", "verify", unit], check_rc=False)
+    check(r.returncode == 0, "systemd-analyze verify: %s %s" % (r.stdout, r.stderr))
+    log("    systemd-analyze verify systemd/tcpaod.service: OK")
+    import socket
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        ca, _ = pair_configs(None, None, "hmac-sha-1-96")
+        path = os.path.join(WORK, "notify.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(path)
+        s.settimeout(15)
+        d = Daemon(a, ca, "notify", env={"NOTIFY_SOCKET": path})
+        msgs = []
+
+        def expect(word):
+            while True:
+                m = s.recv(4096).decode()
+                msgs.append(m)
+                if word in m.split("\n"):
+                    return
+
+        expect("READY=1")
+        check("TCPAOD-OUT" in a.rules(), "READY=1 before the rules were installed")
+        d.hup()
+        expect("RELOADING=1")
+        expect("READY=1")
+        d.p.send_signal(signal.SIGTERM)
+        expect("STOPPING=1")
+        check(d.p.wait(20) == 0, "exit status")
+        log("    notifications: %s" % " | ".join(m.replace("\n", " ") for m in msgs))
+        s.close()
+    finally:
+        topo.close()
+
+
+def main():
+    if os.geteuid() != 0:
+        print("the end-to-end tests need root (network namespaces, iptables)")
+        return 1
+    if not os.access(TCPAOD, os.X_OK):
+        print("no tcpaod binary at %s (swift build -c release)" % TCPAOD)
+        return 1
+    args = sys.argv[1:]
+    if "--list" in args:
+        for t in TESTS:
+            print(t.__name__)
+        return 0
+    sel = args[args.index("-k") + 1] if "-k" in args else ""
+    failed = []
+    t_all = time.time()
+    for t in TESTS:
+        if sel and sel not in t.__name__:
+            continue
+        log("-- %s" % t.__name__)
+        t0 = time.time()
+        try:
+            t()
+            log("PASS %s (%.1f s)" % (t.__name__, time.time() - t0))
+        except Exception as e:
+            failed.append(t.__name__)
+            log("FAIL %s (%.1f s): %s" % (t.__name__, time.time() - t0, e))
+            if not isinstance(e, Fail):
+                traceback.print_exc()
+    log("%d test(s) failed: %s" % (len(failed), ", ".join(failed)) if failed else "all end-to-end tests passed (%.0f s)" % (time.time() - t_all))
+    shutil.rmtree(WORK, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
