@@ -29,13 +29,28 @@ public struct AOEngine: ~Copyable {
     var table: FlowTable
     public private(set) var counters: CounterBlock
     let synchronized: SynchronizedFlows?
+    let budget: FlowBudget?
     var sweepCursor = 0
 
-    public init(config: EngineConfig, synchronized: SynchronizedFlows? = nil) {
+    /// `budget`, when given, bounds the flows of all engines sharing it; each engine's own
+    /// table holds at most `config.limits.maxFlows`.
+    public init(config: EngineConfig, synchronized: SynchronizedFlows? = nil, budget: FlowBudget? = nil) {
         self.config = config
         table = FlowTable(limit: config.limits.maxFlows)
         counters = CounterBlock(config: config)
         self.synchronized = synchronized
+        self.budget = budget
+    }
+
+    /// Adds a flow within the table's and the shared budget's bounds.
+    @inline(__always)
+    mutating func addFlow(_ e: consuming FlowEntry) -> Int? {
+        if let b = budget, !b.acquire() { return nil }
+        guard let i = table.insert(e) else {
+            budget?.release()
+            return nil
+        }
+        return i
     }
 
     public var flowCount: Int { table.count }
@@ -47,18 +62,13 @@ public struct AOEngine: ~Copyable {
         let old = counters.snapshot(config: config)
         config = new
         counters = CounterBlock(config: new)
-        var i = 0
-        while i < table.capacity {
-            if table.used[i] {
-                let k = table.slots[i].key
-                if let p = new.peerIndex(remote: k.remote, ports: k.localPort, k.remotePort) {
-                    table.slots[i].peer = Int32(p)
-                } else {
-                    removeFlow(at: i)
-                    continue // backward shift may have moved another entry here
-                }
+        for i in 0..<table.highWater where table.live[i] {
+            let k = table.entries[i].key
+            if let p = new.peerIndex(remote: k.remote, ports: k.localPort, k.remotePort) {
+                table.entries[i].peer = Int32(p)
+            } else {
+                removeFlow(at: i)
             }
-            i += 1
         }
         return old
     }
@@ -72,7 +82,9 @@ public struct AOEngine: ~Copyable {
     public mutating func process(_ p: UnsafeMutableRawPointer, length: Int, capacity: Int, hint: Direction?,
                                  mtu: Int = 0, clock: EngineClock) -> Verdict {
         counters.bump(.packets, peer: -1)
-        if config.passthrough { return .accept }
+        // Passthrough (the benchmark's ceiling): the same I/O as TCP-AO, every packet going
+        // back with its verdict, but no TCP-AO work.
+        if config.passthrough { return .acceptModified(length: length) }
         let ip: IPHeaderInfo
         do { ip = try IPHeaderInfo.parse(p, count: length) } catch {
             counters.bump(.malformed, peer: -1)
@@ -114,22 +126,22 @@ public struct AOEngine: ~Copyable {
         // cannot get a second one (RFC 5925 2.2).
         if seg.hasAO { return dropped(.aoAlreadyPresent, peer: peer) }
         let key = FlowKey(local: seg.src, remote: seg.dst, localPort: seg.srcPort, remotePort: seg.dstPort)
-        let h = FlowTable.hash(key)
+        let h = table.hash(key)
         var found = table.find(key, hash: h)
         var created = false
         if found == nil {
             // 7.4 step 1.b: a segment of a connection whose SYN we never saw cannot be signed.
             guard seg.isSYNWithoutACK else { return dropped(.noState, peer: peer) }
             let e = FlowEntry(key: key, hash: h, peer: peer, state: FlowState(phase: .synSent, now: clock.mono))
-            guard let i = table.insert(e) else { return dropped(.flowTableFull, peer: peer) }
+            guard let i = addFlow(e) else { return dropped(.flowTableFull, peer: peer) }
             counters.bump(.flowsCreated, peer: peer)
             found = i
             created = true
         }
         let i = found.unsafelyUnwrapped
         let chain = config.peers[peer].keyChain
-        let before = table.slots[i].state
-        let decision = table.slots[i].state.planEgress(seg, chain: chain, wall: clock.wall, mono: clock.mono)
+        let before = table.entries[i].state
+        let decision = table.entries[i].state.planEgress(seg, chain: chain, wall: clock.wall, mono: clock.mono)
         noteTransition(i, from: before)
         guard case .sign(let plan) = decision else {
             if case .drop(let r) = decision {
@@ -138,31 +150,34 @@ public struct AOEngine: ~Copyable {
             }
             return .accept
         }
-        let mkt = chain.keys[plan.mkt]
+        // Fields read in place: binding the MKT would copy it (and retain its master key).
+        let alg = chain.keys[plan.mkt].algorithm
+        let includeOptions = chain.keys[plan.mkt].includeOptions
+        let serial = chain.keys[plan.mkt].serial
         let s: TCPSegment
         do {
-            s = try AOOption.insert(p, capacity: capacity, seg, macLength: mkt.algorithm.macLength,
+            s = try AOOption.insert(p, capacity: capacity, seg, macLength: alg.macLength,
                                     keyID: plan.keyID, rnextKeyID: plan.rnextKeyID)
         } catch {
             // Fail closed (RFC 5925 7.6): no room for TCP-AO means the segment does not leave.
             return dropped(error == .noOptionSpace ? .noOptionSpace : .malformed, peer: peer)
         }
-        if s.length - seg.length != mkt.algorithm.alignedOptionLength { counters.bump(.sackTrimmed, peer: peer) }
+        if s.length - seg.length != alg.alignedOptionLength { counters.bump(.sackTrimmed, peer: peer) }
         if plan.kind == .syn {
             // Send_SYN_traffic_key: our ISN, destination ISN zero (5.2). Used for this SYN only.
-            let tk = mkt.master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,
-                                                            srcISN: s.seq, dstISN: 0))
-            let k = MACKey(algorithm: mkt.algorithm, key: tk)
-            AOMAC.sign(p, s, key: k, sne: plan.sne, includeOptions: mkt.includeOptions)
+            let tk = chain.keys[plan.mkt].master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,
+                                                                             srcISN: s.seq, dstISN: 0))
+            let k = MACKey(algorithm: alg, key: tk)
+            AOMAC.sign(p, s, key: k, sne: plan.sne, includeOptions: includeOptions)
         } else {
-            if table.slots[i].send == nil || table.slots[i].sendSerial != mkt.serial {
-                let st = table.slots[i].state
-                let tk = mkt.master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,
-                                                                srcISN: st.localISN ?? 0, dstISN: st.remoteISN ?? 0))
-                table.slots[i].send = MACKey(algorithm: mkt.algorithm, key: tk)
-                table.slots[i].sendSerial = mkt.serial
+            if table.entries[i].send == nil || table.entries[i].sendSerial != serial {
+                let st = table.entries[i].state
+                let tk = chain.keys[plan.mkt].master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,
+                                                                                 srcISN: st.localISN ?? 0, dstISN: st.remoteISN ?? 0))
+                table.entries[i].send = MACKey(algorithm: alg, key: tk)
+                table.entries[i].sendSerial = serial
             }
-            AOMAC.sign(p, s, key: table.slots[i].send!, sne: plan.sne, includeOptions: mkt.includeOptions)
+            AOMAC.sign(p, s, key: table.entries[i].send!, sne: plan.sne, includeOptions: includeOptions)
         }
         counters.bump(.signed, peer: peer)
         counters.bump(.signed, peer: peer, key: plan.mkt)
@@ -172,21 +187,21 @@ public struct AOEngine: ~Copyable {
     // MARK: ingress: verify and strip (RFC 5925 7.5)
 
     mutating func ingress(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, peer: Int, mtu: Int, clock: EngineClock) -> Verdict {
-        let policy = config.peers[peer]
+        let chain = config.peers[peer].keyChain
         let key = FlowKey(local: seg.dst, remote: seg.src, localPort: seg.dstPort, remotePort: seg.srcPort)
-        let h = FlowTable.hash(key)
+        let h = table.hash(key)
         let found = table.find(key, hash: h)
         guard seg.hasAO else {
             // No TCP-AO from a peer that has keys: dropped, unless the peer is being migrated.
-            guard policy.acceptKeyMismatch else { return dropped(.missingAO, peer: peer) }
+            guard config.peers[peer].acceptKeyMismatch else { return dropped(.missingAO, peer: peer) }
             if let i = found {
-                let before = table.slots[i].state
-                table.slots[i].state.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: policy.keyChain, wall: clock.wall, mono: clock.mono)
+                let before = table.entries[i].state
+                table.entries[i].state.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: chain, wall: clock.wall, mono: clock.mono)
                 noteTransition(i, from: before)
             } else if seg.isSYNWithoutACK {
                 var st = FlowState(phase: .synReceived, now: clock.mono)
-                st.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: policy.keyChain, wall: clock.wall, mono: clock.mono)
-                if let i = table.insert(FlowEntry(key: key, hash: h, peer: peer, state: st)) {
+                st.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: chain, wall: clock.wall, mono: clock.mono)
+                if let i = addFlow(FlowEntry(key: key, hash: h, peer: peer, state: st)) {
                     counters.bump(.flowsCreated, peer: peer)
                     noteTransition(i, from: nil)
                 }
@@ -196,34 +211,35 @@ public struct AOEngine: ~Copyable {
         }
         let keyID = seg.aoKeyID(p)
         let rnext = seg.aoRNextKeyID(p)
-        let chain = policy.keyChain
         // No state yet: only a SYN may start it. The flow is created after the MAC checks out,
         // so SYNs with bad MACs cost no memory.
-        let state = found.map { table.slots[$0].state } ?? FlowState(phase: .synReceived, now: clock.mono)
+        let state = found.map { table.entries[$0].state } ?? FlowState(phase: .synReceived, now: clock.mono)
         if found == nil && !seg.isSYNWithoutACK { return dropped(.noState, peer: peer) }
         let decision = state.planIngress(seg, keyID: keyID, macLength: seg.aoMACLength, chain: chain, wall: clock.wall)
         guard case .verify(let plan) = decision else {
             if case .drop(let r) = decision { return dropped(r, peer: peer) }
             return .accept
         }
-        let mkt = chain.keys[plan.mkt]
+        let alg = chain.keys[plan.mkt].algorithm
+        let includeOptions = chain.keys[plan.mkt].includeOptions
+        let serial = chain.keys[plan.mkt].serial
         var ok: Bool
         var fresh: MACKey? = nil
         if plan.kind == .syn {
             // Receive_SYN_traffic_key: the peer's ISN (this SYN's), destination ISN zero.
-            let tk = mkt.master.deriveTrafficKey(KDFContext(src: seg.src, dst: seg.dst, srcPort: seg.srcPort, dstPort: seg.dstPort,
-                                                            srcISN: seg.seq, dstISN: 0))
-            let k = MACKey(algorithm: mkt.algorithm, key: tk)
-            ok = AOMAC.verify(p, seg, key: k, sne: plan.sne, includeOptions: mkt.includeOptions)
-        } else if let i = found, !seg.isSYN, table.slots[i].recv != nil, table.slots[i].recvSerial == mkt.serial {
-            ok = AOMAC.verify(p, seg, key: table.slots[i].recv!, sne: plan.sne, includeOptions: mkt.includeOptions)
+            let tk = chain.keys[plan.mkt].master.deriveTrafficKey(KDFContext(src: seg.src, dst: seg.dst, srcPort: seg.srcPort, dstPort: seg.dstPort,
+                                                                             srcISN: seg.seq, dstISN: 0))
+            let k = MACKey(algorithm: alg, key: tk)
+            ok = AOMAC.verify(p, seg, key: k, sne: plan.sne, includeOptions: includeOptions)
+        } else if let i = found, !seg.isSYN, table.entries[i].recv != nil, table.entries[i].recvSerial == serial {
+            ok = AOMAC.verify(p, seg, key: table.entries[i].recv!, sne: plan.sne, includeOptions: includeOptions)
         } else {
             // Receive_other_traffic_key: for a SYN-ACK the peer's ISN is the segment's own.
             let remoteISN = seg.isSYN ? seg.seq : (state.remoteISN ?? 0)
-            let tk = mkt.master.deriveTrafficKey(KDFContext(src: seg.src, dst: seg.dst, srcPort: seg.srcPort, dstPort: seg.dstPort,
-                                                            srcISN: remoteISN, dstISN: state.localISN ?? 0))
-            let k = MACKey(algorithm: mkt.algorithm, key: tk)
-            ok = AOMAC.verify(p, seg, key: k, sne: plan.sne, includeOptions: mkt.includeOptions)
+            let tk = chain.keys[plan.mkt].master.deriveTrafficKey(KDFContext(src: seg.src, dst: seg.dst, srcPort: seg.srcPort, dstPort: seg.dstPort,
+                                                                             srcISN: remoteISN, dstISN: state.localISN ?? 0))
+            let k = MACKey(algorithm: alg, key: tk)
+            ok = AOMAC.verify(p, seg, key: k, sne: plan.sne, includeOptions: includeOptions)
             fresh = consume k
         }
         guard ok else {
@@ -232,19 +248,19 @@ public struct AOEngine: ~Copyable {
         }
         var slot = found
         if slot == nil {
-            guard let i = table.insert(FlowEntry(key: key, hash: h, peer: peer, state: state)) else {
+            guard let i = addFlow(FlowEntry(key: key, hash: h, peer: peer, state: state)) else {
                 return dropped(.flowTableFull, peer: peer)
             }
             counters.bump(.flowsCreated, peer: peer)
             slot = i
         }
         let i = slot.unsafelyUnwrapped
-        let before = table.slots[i].state
-        table.slots[i].state.commitIngress(seg, keyID: keyID, rnextKeyID: rnext, chain: chain, wall: clock.wall, mono: clock.mono)
+        let before = table.entries[i].state
+        table.entries[i].state.commitIngress(seg, keyID: keyID, rnextKeyID: rnext, chain: chain, wall: clock.wall, mono: clock.mono)
         noteTransition(i, from: found == nil ? nil : before)
         if fresh != nil {
-            table.slots[i].recv = fresh.take()
-            table.slots[i].recvSerial = mkt.serial
+            table.entries[i].recv = fresh.take()
+            table.entries[i].recvSerial = serial
         }
         counters.bump(.verified, peer: peer)
         counters.bump(.verified, peer: peer, key: plan.mkt)
@@ -253,7 +269,7 @@ public struct AOEngine: ~Copyable {
         if s.isSYN && s.mssOffset >= 0 {
             // The protected host sizes its segments by the MSS the peer announced; each will grow
             // by our TCP-AO option, so announce less (and never more than the MTU allows).
-            let ao = policy.maxAlignedOptionLength
+            let ao = config.peers[peer].maxAlignedOptionLength
             var limit = Int(s.mss(p) ?? 0) - ao
             if mtu > 0 { limit = min(limit, mtu - s.tcpOffset - Spec.tcpMinHeaderLength - ao) }
             if limit > 0 && AOOption.clampMSS(p, s, to: UInt16(limit)) { counters.bump(.mssClamped, peer: peer) }
@@ -276,8 +292,8 @@ public struct AOEngine: ~Copyable {
         }
         let key = FlowKey(local: e.quotedSrc, remote: e.quotedDst, localPort: e.quotedSrcPort, remotePort: e.quotedDstPort)
         var synced = false
-        if let i = table.find(key, hash: FlowTable.hash(key)) {
-            synced = table.slots[i].state.isSynchronized
+        if let i = table.find(key, hash: table.hash(key)) {
+            synced = table.entries[i].state.isSynchronized
         } else if let s = synchronized {
             synced = s.contains(key)
         }
@@ -295,10 +311,13 @@ public struct AOEngine: ~Copyable {
     public mutating func expire(now: UInt32, budget: Int) {
         let l = config.limits
         var n = 0
-        while n < budget {
+        while n < budget && table.highWater > 0 {
+            if sweepCursor >= table.highWater { sweepCursor = 0 }
             let i = sweepCursor
-            if table.used[i] {
-                let st = table.slots[i].state
+            sweepCursor += 1
+            n += 1
+            if table.live[i] {
+                let st = table.entries[i].state
                 let age = now &- st.lastSeen
                 let expired: Bool
                 switch st.phase {
@@ -307,44 +326,41 @@ public struct AOEngine: ~Copyable {
                 case .established, .finishing: expired = age >= l.idleTimeout
                 }
                 if expired {
-                    counters.bump(.flowsExpired, peer: Int(table.slots[i].peer))
+                    counters.bump(.flowsExpired, peer: Int(table.entries[i].peer))
                     removeFlow(at: i)
-                    n += 1
-                    continue // an entry may have shifted into this slot
                 }
             }
-            sweepCursor = (sweepCursor + 1) & table.mask
-            n += 1
         }
     }
 
     /// The state of one connection (tests, control commands).
     public func flowState(_ k: FlowKey) -> FlowState? {
-        table.find(k, hash: FlowTable.hash(k)).map { table.slots[$0].state }
+        table.find(k, hash: table.hash(k)).map { table.entries[$0].state }
     }
 
     /// Every flow's key and state (control commands, saving state).
     public func allFlows() -> [(FlowKey, FlowState)] {
         var out: [(FlowKey, FlowState)] = []
-        for i in 0..<table.capacity where table.used[i] { out.append((table.slots[i].key, table.slots[i].state)) }
+        for i in 0..<table.highWater where table.live[i] { out.append((table.entries[i].key, table.entries[i].state)) }
         return out
     }
 
     mutating func removeFlow(at i: Int) {
-        if table.slots[i].state.isSynchronized { synchronized?.remove(table.slots[i].key) }
+        if table.entries[i].state.isSynchronized { synchronized?.remove(table.entries[i].key) }
         table.remove(at: i)
+        budget?.release()
     }
 
     @inline(__always)
     mutating func noteTransition(_ i: Int, from before: FlowState?) {
-        let after = table.slots[i].state
+        let after = table.entries[i].state
         let was = before?.isSynchronized ?? false
         if was != after.isSynchronized, let s = synchronized {
-            if after.isSynchronized { s.insert(table.slots[i].key) } else { s.remove(table.slots[i].key) }
+            if after.isSynchronized { s.insert(table.entries[i].key) } else { s.remove(table.entries[i].key) }
         }
         // New ISNs (the 4-tuple was reused by a new connection): cached traffic keys are stale.
         if let b = before, b.localISN != after.localISN || b.remoteISN != after.remoteISN {
-            table.slots[i].dropKeys()
+            table.entries[i].dropKeys()
         }
     }
 

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One connection's entry: its key, its peer, its TCP-AO state, and the keyed MAC contexts of
 /// its two directions (RFC 5925 5.3: traffic keys "can be cached after computation").
 struct FlowEntry: ~Copyable {
@@ -25,79 +29,133 @@ struct FlowEntry: ~Copyable {
     }
 }
 
-/// An open-addressing hash table (linear probing, backward-shift deletion) over one
-/// preallocated array of entries. Bounded: `insert` fails when `limit` entries are live.
-/// Hashing uses the standard library's per-process random seed (SipHash), so crafted 4-tuples
-/// cannot force long probe chains.
+/// The flows of one worker: entries in a dense slab (allocated in order, freed slots reused
+/// first, so resident memory follows the number of live flows), found through an
+/// open-addressing index of 8-byte slots (hash and entry number; linear probing,
+/// backward-shift deletion, so no tombstones). Both arrays are reserved once, zero pages from
+/// calloc: nothing is allocated on the packet path and untouched memory is not resident.
+/// The 4-tuple hash is keyed with a per-process random seed. Bounded: `insert` fails at `limit` live entries.
 struct FlowTable: ~Copyable {
-    let capacity: Int
-    let mask: Int
     let limit: Int
-    let slots: UnsafeMutablePointer<FlowEntry>
-    let used: UnsafeMutablePointer<Bool>
+    let indexMask: Int
+    /// 0 = empty, else hash << 32 | (entry number + 1).
+    let index: UnsafeMutablePointer<UInt64>
+    let entries: UnsafeMutablePointer<FlowEntry>
+    let live: UnsafeMutablePointer<Bool>
+    /// Entry numbers freed by `remove`, reused last-in first-out.
+    let free: UnsafeMutablePointer<Int32>
+    var freeCount = 0
+    /// Entries below this number have been used at least once.
+    private(set) var highWater = 0
     private(set) var count = 0
+    /// The hash key, copied from the process-wide seed so lookups need no lazy global.
+    let seed0: UInt64
+    let seed1: UInt64
 
     init(limit: Int) {
         self.limit = max(limit, 1)
         var cap = 16
-        while cap < self.limit + self.limit / 3 + 1 { cap <<= 1 } // load factor <= 0.75
-        capacity = cap
-        mask = cap - 1
-        slots = .allocate(capacity: cap) // untouched pages stay out of the resident set
-        used = .allocate(capacity: cap)
-        used.initialize(repeating: false, count: cap)
+        while cap < self.limit + self.limit / 3 + 1 { cap <<= 1 } // index load factor <= 0.75
+        indexMask = cap - 1
+        index = calloc(cap, 8)!.bindMemory(to: UInt64.self, capacity: cap)
+        entries = .allocate(capacity: self.limit)
+        live = calloc(self.limit, 1)!.bindMemory(to: Bool.self, capacity: self.limit)
+        free = .allocate(capacity: self.limit)
+        (seed0, seed1) = FlowTable.seed
     }
 
     deinit {
-        for i in 0..<capacity where used[i] { (slots + i).deinitialize(count: 1) }
-        slots.deallocate()
-        used.deallocate()
+        for i in 0..<highWater where live[i] { (entries + i).deinitialize(count: 1) } // wipes keys
+        Glibc.free(index)
+        entries.deallocate()
+        Glibc.free(live)
+        free.deallocate()
     }
+
+    /// Per-process random seed of the flow hash.
+    static let seed: (UInt64, UInt64) = {
+        var g = SystemRandomNumberGenerator()
+        return (g.next() | 1, g.next())
+    }()
+
+    /// A keyed multiply-mix hash of the 4-tuple (the wyhash "mum" step), several times cheaper
+    /// than SipHash. Crafting collisions would need the random seed, and flows are only created
+    /// by the protected side's own SYNs or by SYNs with a valid MAC.
+    @inline(__always)
+    func hash(_ k: FlowKey) -> UInt32 { FlowTable.hash(k, seed0, seed1) }
 
     @inline(__always)
-    static func hash(_ k: FlowKey) -> UInt32 {
-        var h = Hasher()
-        h.combine(k)
-        return UInt32(truncatingIfNeeded: h.finalize())
+    static func hash(_ k: FlowKey) -> UInt32 { hash(k, seed.0, seed.1) }
+
+    @inline(__always)
+    static func hash(_ k: FlowKey, _ s0: UInt64, _ s1: UInt64) -> UInt32 {
+        @inline(__always) func mum(_ a: UInt64, _ b: UInt64) -> UInt64 {
+            let r = a.multipliedFullWidth(by: b)
+            return r.high ^ r.low
+        }
+        let ports = UInt64(k.localPort) << 16 | UInt64(k.remotePort) | (k.local.isV6 ? 1 << 40 : 0)
+        var h = mum(k.local.hi ^ s0, k.local.lo ^ s1)
+        h = mum(h ^ k.remote.hi ^ 0x9E37_79B9_7F4A_7C15, k.remote.lo ^ s0)
+        h = mum(h ^ ports, s1 ^ 0xA076_1D64_78BD_642F)
+        return UInt32(truncatingIfNeeded: h ^ (h >> 32))
     }
 
+    /// The entry number of `k`, if present.
     @inline(__always)
     func find(_ k: FlowKey, hash: UInt32) -> Int? {
-        var i = Int(hash) & mask
-        while used[i] {
-            if slots[i].hash == hash && slots[i].key == k { return i }
-            i = (i + 1) & mask
+        var s = Int(hash) & indexMask
+        while true {
+            let v = index[s]
+            if v == 0 { return nil }
+            if UInt32(truncatingIfNeeded: v >> 32) == hash {
+                let e = Int(UInt32(truncatingIfNeeded: v)) - 1
+                if entries[e].key == k { return e }
+            }
+            s = (s + 1) & indexMask
         }
-        return nil
     }
 
+    /// Adds an entry; nil when `limit` entries are live.
     mutating func insert(_ e: consuming FlowEntry) -> Int? {
         guard count < limit else { return nil }
-        var i = Int(e.hash) & mask
-        while used[i] { i = (i + 1) & mask }
-        (slots + i).initialize(to: e)
-        used[i] = true
+        let n: Int
+        if freeCount > 0 {
+            freeCount -= 1
+            n = Int(free[freeCount])
+        } else {
+            n = highWater
+            highWater += 1
+        }
+        var s = Int(e.hash) & indexMask
+        while index[s] != 0 { s = (s + 1) & indexMask }
+        index[s] = UInt64(e.hash) << 32 | UInt64(n + 1)
+        (entries + n).initialize(to: e)
+        live[n] = true
         count += 1
-        return i
+        return n
     }
 
-    /// Removes the entry at `i` (its keys are wiped by MACKey's deinit) and shifts later
-    /// entries of the probe run back, so lookups never cross a hole.
-    mutating func remove(at i: Int) {
-        (slots + i).deinitialize(count: 1)
-        used[i] = false
-        count -= 1
-        var hole = i
-        var j = (i + 1) & mask
-        while used[j] {
-            let home = Int(slots[j].hash) & mask
-            if (j - home) & mask >= (j - hole) & mask {
-                (slots + hole).moveInitialize(from: slots + j, count: 1)
-                used[hole] = true
-                used[j] = false
+    /// Removes entry `n` (its keys are wiped by MACKey's deinit) and closes the gap in the
+    /// index by shifting later slots of the probe run back.
+    mutating func remove(at n: Int) {
+        let want = UInt64(n + 1)
+        var hole = Int(entries[n].hash) & indexMask
+        while index[hole] & 0xFFFF_FFFF != want { hole = (hole + 1) & indexMask }
+        index[hole] = 0
+        var j = (hole + 1) & indexMask
+        while index[j] != 0 {
+            let home = Int(UInt32(truncatingIfNeeded: index[j] >> 32)) & indexMask
+            if (j - home) & indexMask >= (j - hole) & indexMask {
+                index[hole] = index[j]
+                index[j] = 0
                 hole = j
             }
-            j = (j + 1) & mask
+            j = (j + 1) & indexMask
         }
+        (entries + n).deinitialize(count: 1)
+        live[n] = false
+        free[freeCount] = Int32(n)
+        freeCount += 1
+        count -= 1
     }
 }

@@ -65,14 +65,23 @@ public struct MKT: Sendable, CustomStringConvertible {
     }
 }
 
-/// A key chain: the MKTs one peer may use, with the RFC 5925 key-selection rules.
-public struct KeyChain: Sendable {
-    public var name: String
-    public var keys: [MKT]
+/// A key chain: the MKTs one peer may use, with the RFC 5925 key-selection rules. Immutable
+/// and shared by reference, so the packet path holds one reference rather than copies of its
+/// keys.
+public final class KeyChain: Sendable {
+    public let name: String
+    public let keys: [MKT]
 
     public init(name: String, keys: [MKT]) {
         self.name = name
         self.keys = keys
+    }
+
+    /// The same chain with other serials (configuration reloads).
+    public func withSerials(_ serials: [UInt32]) -> KeyChain {
+        var k = keys
+        for i in k.indices { k[i].serial = serials[i] }
+        return KeyChain(name: name, keys: k)
     }
 
     /// The MKT we prefer to send with at `now`: among the keys whose send lifetime contains `now`,

@@ -30,8 +30,9 @@ public struct MACKey: ~Copyable {
     /// Keys a context for `algorithm` with `key` (a traffic key, or for the KDF a master key).
     public init(algorithm: AOAlgorithm, key: UnsafeRawBufferPointer) {
         self.algorithm = algorithm
-        state = UnsafeMutableRawPointer.allocate(byteCount: MACKey.stateSize, alignment: 16)
-        state.initializeMemory(as: UInt8.self, repeating: 0, count: MACKey.stateSize)
+        let size = MACKey.stateSize(algorithm.kind)
+        state = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+        state.initializeMemory(as: UInt8.self, repeating: 0, count: size)
         switch algorithm.kind {
         case .hmacSHA1:
             MACKey.initHMAC(state, key: key, sha256: false)
@@ -44,7 +45,14 @@ public struct MACKey: ~Copyable {
         }
     }
 
-    static let stateSize = 2 * max(MemoryLayout<SHA256_CTX>.size, MemoryLayout<SHA_CTX>.size)
+    /// Out-of-line state: two digest contexts for HMAC, K1 and K2 for CMAC.
+    static func stateSize(_ k: KDFKind) -> Int {
+        switch k {
+        case .hmacSHA1: 2 * MemoryLayout<SHA_CTX>.size
+        case .hmacSHA256: 2 * MemoryLayout<SHA256_CTX>.size
+        case .aesCMAC: 32
+        }
+    }
 
     /// Keys a context from bytes in an array (tests, tools); the temporary copy is wiped.
     public init(algorithm: AOAlgorithm, bytes: [UInt8]) {
@@ -59,7 +67,7 @@ public struct MACKey: ~Copyable {
     }
 
     deinit {
-        OPENSSL_cleanse(state, MACKey.stateSize)
+        OPENSSL_cleanse(state, MACKey.stateSize(algorithm.kind))
         state.deallocate()
         if let c = cipher { EVP_CIPHER_CTX_free(c) } // frees and cleanses the key schedule
     }

@@ -39,7 +39,8 @@ public struct PeerPolicy: Sendable {
 
 /// Timeouts and limits of the flow table.
 public struct FlowLimits: Sendable, Equatable {
-    /// Flows one engine (one worker) keeps at most; new connections beyond it are refused.
+    /// Flows kept at most (by one engine; the daemon also bounds all workers together with a
+    /// shared `FlowBudget`); new connections beyond it are refused.
     public var maxFlows: Int
     /// Seconds without a segment after which an established flow is forgotten.
     public var idleTimeout: UInt32
@@ -113,4 +114,28 @@ public final class SynchronizedFlows: Sendable {
     public func remove(_ k: FlowKey) { flows.withLock { _ = $0.remove(k) } }
     public func contains(_ k: FlowKey) -> Bool { flows.withLock { $0.contains(k) } }
     public var count: Int { flows.withLock { $0.count } }
+}
+
+/// The daemon-wide bound on tracked connections, shared by the workers' tables: one worker may
+/// hold most flows (NFQUEUE's queue balancing hashes addresses only), yet `max-flows` bounds
+/// the sum. Touched when a flow is created or removed, never per segment.
+public final class FlowBudget: Sendable {
+    public let limit: Int
+    private let used = Atomic<Int>(0)
+
+    public init(limit: Int) { self.limit = limit }
+
+    public var count: Int { used.load(ordering: .relaxed) }
+
+    func acquire() -> Bool {
+        var cur = used.load(ordering: .relaxed)
+        while cur < limit {
+            let (exchanged, now) = used.compareExchange(expected: cur, desired: cur + 1, ordering: .relaxed)
+            if exchanged { return true }
+            cur = now
+        }
+        return false
+    }
+
+    func release() { used.subtract(1, ordering: .relaxed) }
 }

@@ -52,15 +52,10 @@ public struct Configuration: Sendable {
 
     public var queues: ClosedRange<UInt16> { queue...(queue + UInt16(threads) - 1) }
 
+    /// `max-flows` bounds the whole daemon: each worker's table may hold that many (queue
+    /// balancing can put most flows on one worker) and a shared `FlowBudget` bounds the sum.
     public func engineConfig() -> EngineConfig {
-        EngineConfig(peers: peers, limits: perWorkerLimits, passthrough: passthrough)
-    }
-
-    /// `max-flows` is for the whole daemon; each worker gets its share.
-    public var perWorkerLimits: FlowLimits {
-        var l = limits
-        l.maxFlows = max(1, (limits.maxFlows + threads - 1) / threads)
-        return l
+        EngineConfig(peers: peers, limits: limits, passthrough: passthrough)
     }
 
     /// Every MKT of every chain.

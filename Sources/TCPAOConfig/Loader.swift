@@ -484,16 +484,12 @@ public struct ConfigLoader {
     mutating func assignSerials(_ cfg: inout Configuration, previous: Configuration?) {
         let old = previous?.allKeys ?? []
         var next = (old.map(\.serial).max() ?? 0) + 1
-        for ci in cfg.keyChains.indices {
-            for ki in cfg.keyChains[ci].keys.indices {
-                let k = cfg.keyChains[ci].keys[ki]
-                if let o = old.first(where: { $0.sameKey(as: k) }) {
-                    cfg.keyChains[ci].keys[ki].serial = o.serial
-                } else {
-                    cfg.keyChains[ci].keys[ki].serial = next
-                    next += 1
-                }
-            }
+        cfg.keyChains = cfg.keyChains.map { chain in
+            chain.withSerials(chain.keys.map { k in
+                if let o = old.first(where: { $0.sameKey(as: k) }) { return o.serial }
+                defer { next += 1 }
+                return next
+            })
         }
     }
 

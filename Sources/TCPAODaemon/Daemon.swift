@@ -30,6 +30,7 @@ public final class Daemon: @unchecked Sendable {
     var log: Logger
     var workers: [Worker] = []
     let synchronized = SynchronizedFlows()
+    let budget: FlowBudget
     let firewall: Firewall
     var rulesInstalled = false
     var signals: [DispatchSourceSignal] = []
@@ -46,6 +47,7 @@ public final class Daemon: @unchecked Sendable {
         self.manageRules = manageRules
         self.log = log
         firewall = Firewall(backend: config.firewall)
+        budget = FlowBudget(limit: config.limits.maxFlows)
     }
 
     /// Starts everything; returns once running (the caller then parks in dispatchMain()).
@@ -55,7 +57,7 @@ public final class Daemon: @unchecked Sendable {
         do {
             for q in config.queues {
                 workers.append(try Worker(queue: q, config: engineConfig, hostMode: config.mode == .host,
-                                          synchronized: synchronized, log: log))
+                                          synchronized: synchronized, budget: budget, log: log))
             }
         } catch {
             workers.forEach { $0.socket.close() }

@@ -52,9 +52,19 @@ final class NFQueueSocket {
     let slots: UnsafeMutableRawPointer
     let msgs: UnsafeMutablePointer<tcpaod_mmsghdr>
     let iovs: UnsafeMutablePointer<iovec>
-    let tx: UnsafeMutableRawPointer
-    let txSize: Int
-    var txUsed = 0
+    /// Verdict headers (nlmsghdr, nfgenmsg, verdict and payload attribute headers), one per
+    /// packet of a batch; the packets themselves are sent from their receive slots.
+    let hdrs: UnsafeMutableRawPointer
+    let txIov: UnsafeMutablePointer<iovec>
+    var txCount = 0
+    var txIovs = 0
+    static let hdrSize = 40
+    /// Zero bytes that pad a payload attribute to 4 bytes (never written after creation).
+    let zeroPad: UnsafeMutableRawPointer = {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: 4, alignment: 4)
+        p.storeBytes(of: 0, as: UInt32.self)
+        return p
+    }()
 
     /// Opens and binds queue `queue`. Throws with a message an operator can act on.
     init(queue: UInt16, batch: Int = 64, slotSize: Int = 65536 + 1024, receiveBuffer: Int = 8 << 20, maxQueued: UInt32 = 8192) throws {
@@ -69,8 +79,8 @@ final class NFQueueSocket {
         slots = .allocate(byteCount: batch * slotSize, alignment: 64)
         msgs = .allocate(capacity: batch)
         iovs = .allocate(capacity: batch)
-        txSize = 1 << 20
-        tx = .allocate(byteCount: txSize, alignment: 64)
+        hdrs = .allocate(byteCount: batch * NFQueueSocket.hdrSize, alignment: 8)
+        txIov = .allocate(capacity: batch * 3)
         for i in 0..<batch {
             iovs[i] = iovec(iov_base: slots + i * slotSize, iov_len: slotSize)
             var h = tcpaod_mmsghdr()
@@ -100,8 +110,10 @@ final class NFQueueSocket {
                 nfq_nlmsg_cfg_put_params(nlh, UInt8(NFQNL_COPY_PACKET.rawValue), 0xFFFF)
                 nfq_nlmsg_cfg_put_qmaxlen(nlh, maxQueued)
             }
-            let flags = fcntl(fd, F_GETFL)
-            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+            // Blocking receives with a timeout: the worker loop sleeps in recvmmsg and still
+            // looks at its mailbox (reload, stats, stop) at least every 100 ms.
+            var tv = timeval(tv_sec: 0, tv_usec: 100_000)
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         } catch {
             close()
             throw error
@@ -120,7 +132,9 @@ final class NFQueueSocket {
         slots.deallocate()
         msgs.deallocate()
         iovs.deallocate()
-        tx.deallocate()
+        hdrs.deallocate()
+        txIov.deallocate()
+        zeroPad.deallocate()
     }
 
     /// Sends one configuration message with NLM_F_ACK and waits for the kernel's answer.
@@ -158,11 +172,12 @@ final class NFQueueSocket {
         }
     }
 
-    /// Receives up to `slotCount` messages without blocking. Returns the count, 0 when there is
-    /// nothing to read, or -errno.
+    /// Receives up to `slotCount` messages. Blocking: waits (up to the 100 ms receive timeout)
+    /// for the first, then takes what else is there (MSG_WAITFORONE): one syscall both sleeps and
+    /// fetches the batch. Returns the count, or -errno (-EAGAIN: nothing arrived).
     @inline(__always)
-    func receiveBatch() -> Int {
-        let n = tcpaod_recvmmsg(fd, msgs, UInt32(slotCount), Int32(MSG_DONTWAIT))
+    func receiveBatch(blocking: Bool) -> Int {
+        let n = tcpaod_recvmmsg(fd, msgs, UInt32(slotCount), blocking ? Int32(MSG_WAITFORONE) : Int32(MSG_DONTWAIT))
         if n < 0 { return -Int(errno) }
         return Int(n)
     }
@@ -210,26 +225,68 @@ final class NFQueueSocket {
         return p
     }
 
-    /// Appends a verdict for packet `id` to the batch being built; with `payload`, the packet's
-    /// new bytes go with it. Flushes first when the buffer is full.
+    /// Adds a verdict for packet `id` to the batch being built; with `payload`, the packet's
+    /// (new) bytes go with it, sent straight from where they are: no copy in user space. The
+    /// payload must stay where it is until `flush` (it lives in a receive slot, reused only by the
+    /// next receive). Returns false when an earlier partial flush failed.
     @inline(__always)
     func addVerdict(id: UInt32, verdict: Int32, payload: UnsafeRawPointer?, length: Int) -> Bool {
-        let need = 64 + (payload != nil ? length + 8 : 0)
         var ok = true
-        if txUsed + need > txSize { ok = flush() }
-        let nlh = nfq_nlmsg_put((tx + txUsed).assumingMemoryBound(to: CChar.self), Int32(NFQNL_MSG_VERDICT.rawValue), UInt32(queue))!
-        nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), verdict)
-        if let payload { nfq_nlmsg_verdict_put_pkt(nlh, payload, UInt32(length)) }
-        txUsed += Int(nlh.pointee.nlmsg_len)
+        if txCount == slotCount { ok = flush() }
+        let h = hdrs + txCount * NFQueueSocket.hdrSize
+        let padded = (length + 3) & ~3
+        let total = 32 + (payload != nil ? 4 + padded : 0)
+        // struct nlmsghdr: what nfq_nlmsg_put() writes for NFQNL_MSG_VERDICT.
+        h.storeBytes(of: UInt32(total), toByteOffset: 0, as: UInt32.self)
+        h.storeBytes(of: UInt16(NFNL_SUBSYS_QUEUE) << 8 | UInt16(NFQNL_MSG_VERDICT.rawValue), toByteOffset: 4, as: UInt16.self)
+        h.storeBytes(of: UInt16(NLM_F_REQUEST), toByteOffset: 6, as: UInt16.self)
+        h.storeBytes(of: UInt64(0), toByteOffset: 8, as: UInt64.self) // seq, pid
+        // struct nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id = queue (big-endian).
+        h.storeBytes(of: UInt8(AF_UNSPEC), toByteOffset: 16, as: UInt8.self)
+        h.storeBytes(of: UInt8(NFNETLINK_V0), toByteOffset: 17, as: UInt8.self)
+        h.storeBytes(of: queue.bigEndian, toByteOffset: 18, as: UInt16.self)
+        // NFQA_VERDICT_HDR: struct nfqnl_msg_verdict_hdr { be32 verdict; be32 id; }
+        h.storeBytes(of: UInt16(12), toByteOffset: 20, as: UInt16.self)
+        h.storeBytes(of: UInt16(NFQA_VERDICT_HDR.rawValue), toByteOffset: 22, as: UInt16.self)
+        h.storeBytes(of: UInt32(bitPattern: verdict).bigEndian, toByteOffset: 24, as: UInt32.self)
+        h.storeBytes(of: id.bigEndian, toByteOffset: 28, as: UInt32.self)
+        var iov = txIov + txIovs
+        if let payload {
+            h.storeBytes(of: UInt16(4 + length), toByteOffset: 32, as: UInt16.self)
+            h.storeBytes(of: UInt16(NFQA_PAYLOAD.rawValue), toByteOffset: 34, as: UInt16.self)
+            iov.pointee = iovec(iov_base: h, iov_len: 36)
+            iov += 1
+            iov.pointee = iovec(iov_base: UnsafeMutableRawPointer(mutating: payload), iov_len: length)
+            iov += 1
+            if padded > length {
+                iov.pointee = iovec(iov_base: zeroPad, iov_len: padded - length)
+                iov += 1
+            }
+        } else {
+            iov.pointee = iovec(iov_base: h, iov_len: 32)
+            iov += 1
+        }
+        txIovs = iov - txIov
+        txCount += 1
         return ok
     }
 
-    /// Sends every verdict collected so far in one sendto. False when the kernel refused it.
+    /// Sends every verdict collected so far in one sendmsg. False when the kernel refused it.
     @inline(__always)
     func flush() -> Bool {
-        guard txUsed > 0 else { return true }
-        let n = mnl_socket_sendto(nl, tx, txUsed)
-        txUsed = 0
+        guard txCount > 0 else { return true }
+        var addr = sockaddr_nl()
+        addr.nl_family = sa_family_t(AF_NETLINK)
+        var m = msghdr()
+        let n = withUnsafeMutablePointer(to: &addr) { ap in
+            m.msg_name = UnsafeMutableRawPointer(ap)
+            m.msg_namelen = socklen_t(MemoryLayout<sockaddr_nl>.size)
+            m.msg_iov = txIov
+            m.msg_iovlen = txIovs
+            return sendmsg(fd, &m, 0)
+        }
+        txCount = 0
+        txIovs = 0
         return n >= 0
     }
 }

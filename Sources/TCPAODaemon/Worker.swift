@@ -22,9 +22,36 @@ public struct IOStats: Codable, Sendable {
     public var flows: Int = 0
 }
 
-/// One NFQUEUE and the engine that decides its packets. All its state is touched only on its
-/// own serial DispatchQueue; the read source drains the socket in batches: many packets per
-/// recvmmsg, all their verdicts (with the edited packets) in one sendto.
+/// Work handed to a worker from another thread (reload, counters, stop).
+final class Mailbox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [() -> Void] = []
+    private var pending = false
+
+    func post(_ f: @escaping () -> Void) {
+        lock.lock()
+        items.append(f)
+        pending = true
+        lock.unlock()
+    }
+
+    /// Cheap to call on every loop turn: no lock unless something was posted.
+    @inline(__always)
+    func runPending() {
+        guard pending else { return }
+        lock.lock()
+        let work = items
+        items = []
+        pending = false
+        lock.unlock()
+        for f in work { f() }
+    }
+}
+
+/// One NFQUEUE and the engine that decides its packets. Its loop runs as one long-lived block
+/// on its own Dispatch queue: it sleeps in recvmmsg, so the kernel wakes this thread directly
+/// when packets arrive, decides the whole batch and sends all its verdicts (with the edited
+/// packets) in one sendto. Other threads reach it only through its mailbox.
 final class Worker: @unchecked Sendable {
     let socket: NFQueueSocket
     let queue: DispatchQueue
@@ -34,19 +61,22 @@ final class Worker: @unchecked Sendable {
     let io: UnsafeMutablePointer<IOStats>
     let hostMode: Bool
     var log: Logger
-    var source: DispatchSourceRead?
-    var timer: DispatchSourceTimer?
+    let mailbox = Mailbox()
+    var stopRequested = false
+    let finished = DispatchSemaphore(value: 0)
+    /// Set by `stop()` once the loop has ended (then only the caller's thread touches state).
+    var stopped = false
     /// Counters of configurations replaced by reloads.
     var retired = CounterSnapshot()
     var mtus: [UInt32: (mtu: Int, at: UInt32)] = [:]
     var enobufsLoggedAt: UInt32 = 0
     var enobufsAtLastLog: UInt64 = 0
 
-    init(queue number: UInt16, config: EngineConfig, hostMode: Bool, synchronized: SynchronizedFlows, log: Logger) throws {
+    init(queue number: UInt16, config: EngineConfig, hostMode: Bool, synchronized: SynchronizedFlows, budget: FlowBudget, log: Logger) throws {
         socket = try NFQueueSocket(queue: number)
         queue = DispatchQueue(label: "tcpaod.queue\(number)", qos: .userInteractive)
         engine = .allocate(capacity: 1)
-        engine.initialize(to: AOEngine(config: config, synchronized: synchronized))
+        engine.initialize(to: AOEngine(config: config, synchronized: synchronized, budget: budget))
         io = .allocate(capacity: 1)
         io.initialize(to: IOStats(queue: Int(number)))
         self.hostMode = hostMode
@@ -61,15 +91,33 @@ final class Worker: @unchecked Sendable {
     }
 
     func start() {
-        let s = DispatchSource.makeReadSource(fileDescriptor: socket.fd, queue: queue)
-        s.setEventHandler { [unowned self] in self.drain(maxBatches: 64) }
-        source = s
-        s.resume()
-        let t = DispatchSource.makeTimerSource(queue: queue)
-        t.schedule(deadline: .now() + 1, repeating: 1)
-        t.setEventHandler { [unowned self] in self.housekeeping() }
-        timer = t
-        t.resume()
+        queue.async { [self] in run() }
+    }
+
+    /// The worker loop: receive (sleeping up to 100 ms), decide, verdict; between batches the
+    /// mailbox and, once a second, the flow table's housekeeping.
+    func run() {
+        var lastHousekeeping = Worker.clock().mono
+        while !stopRequested {
+            drain(maxBatches: 64, blocking: true)
+            mailbox.runPending()
+            let now = Worker.clock().mono
+            if now != lastHousekeeping {
+                lastHousekeeping = now
+                housekeeping()
+            }
+        }
+        // Stopping: every packet still queued gets its verdict; done when the queue has been
+        // quiet for 100 ms (at most 2 s).
+        var quiet = 0, waited = 0
+        while quiet < 100 && waited < 2000 {
+            if drain(maxBatches: 1024, blocking: false) > 0 { quiet = 0; continue }
+            usleep(10_000)
+            quiet += 10
+            waited += 10
+        }
+        socket.close()
+        finished.signal()
     }
 
     static func clock() -> EngineClock {
@@ -83,14 +131,15 @@ final class Worker: @unchecked Sendable {
     /// timers on this queue get their turn; the read source fires again for the rest).
     /// Returns the number of packets.
     @discardableResult
-    func drain(maxBatches: Int) -> Int {
+    func drain(maxBatches: Int, blocking: Bool) -> Int {
         let sock = socket
         let eng = engine
         let io = self.io
         let host = hostMode
         var total = 0
-        for _ in 0..<maxBatches {
-            let n = sock.receiveBatch()
+        for b in 0..<maxBatches {
+            // Only the first receive may sleep; the rest take what is already queued.
+            let n = sock.receiveBatch(blocking: blocking && b == 0)
             if n <= 0 {
                 if n == 0 || n == -Int(EAGAIN) || n == -Int(EWOULDBLOCK) { break }
                 if n == -Int(EINTR) { continue }
@@ -190,37 +239,37 @@ final class Worker: @unchecked Sendable {
     // MARK: called from other threads; each hops onto the worker's queue
 
     func reconfigure(_ c: EngineConfig) {
-        queue.async { [self] in
-            retired.add(engine.pointee.reconfigure(c))
-        }
+        mailbox.post { [self] in retired.add(engine.pointee.reconfigure(c)) }
     }
 
+    /// The worker's counters, taken on its own thread (waits for it, at most ~100 ms), or
+    /// directly once it has stopped.
     func snapshot() -> (CounterSnapshot, IOStats) {
-        queue.sync {
-            var s = retired
-            s.add(engine.pointee.snapshot())
-            var i = io.pointee
-            i.flows = engine.pointee.flowCount
-            return (s, i)
+        if stopped { return takeSnapshot() }
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result = (CounterSnapshot(), IOStats(queue: Int(socket.queue)))
+        mailbox.post { [self] in
+            result = takeSnapshot()
+            done.signal()
         }
+        done.wait()
+        return result
     }
 
-    /// Stops reading events and gives every packet still queued its verdict: keeps draining
-    /// until the queue has been quiet for `quiet` milliseconds (bounded by `limit`).
-    func stop(quiet: Int = 100, limit: Int = 2000) {
-        queue.sync {
-            source?.cancel()
-            timer?.cancel()
-            var quietFor = 0, waited = 0
-            var pfd = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
-            while quietFor < quiet && waited < limit {
-                if drain(maxBatches: 1024) > 0 { quietFor = 0; continue }
-                _ = poll(&pfd, 1, 10)
-                quietFor += 10
-                waited += 10
-            }
-            socket.close()
-        }
+    private func takeSnapshot() -> (CounterSnapshot, IOStats) {
+        var s = retired
+        s.add(engine.pointee.snapshot())
+        var i = io.pointee
+        i.flows = engine.pointee.flowCount
+        return (s, i)
+    }
+
+    /// Stops the loop after every packet still queued got its verdict, and closes the socket.
+    func stop() {
+        guard !stopped else { return }
+        mailbox.post { [self] in stopRequested = true }
+        finished.wait()
+        stopped = true
     }
 }
 
