@@ -4,8 +4,10 @@ public enum AOOption {
     /// Inserts a TCP-AO option (RFC 5925 2.2) with the given KeyID and RNextKeyID and a zeroed MAC
     /// of `macLength` bytes, padded to 32 bits with NOPs. It goes after the existing options (before
     /// an End-of-Option-List). When the 40-byte option space cannot hold it, SACK blocks are dropped
-    /// from the end (RFC 5925 7.6); if it still cannot, `.noOptionSpace` is thrown and the packet is
-    /// left unchanged so the caller can fail closed.
+    /// from the end (RFC 5925 7.6); in a SYN, window scaling, then SACK-permitted, then timestamps
+    /// are left out, as Linux does for its own TCP-AO SYNs (the peer never sees the offer, so both
+    /// ends agree not to use it). If it still cannot fit, `.noOptionSpace` is thrown so the caller
+    /// can fail closed.
     ///
     /// `capacity` is the size of the buffer at `p`; the packet grows by the option's padded size.
     /// Returns the segment as it now is.
@@ -18,10 +20,16 @@ public enum AOOption {
         var s = seg
         let removed = TCPChecksum.headerSum(p, s)
         if s.tcpHeaderLength + space > Spec.tcpMaxHeaderLength {
-            guard let trimmed = trimSACK(p, s, free: s.tcpHeaderLength + space - Spec.tcpMaxHeaderLength) else {
-                throw .noOptionSpace
+            if s.sackOffset >= 0, let trimmed = trimSACK(p, s, free: s.tcpHeaderLength + space - Spec.tcpMaxHeaderLength) {
+                s = trimmed
             }
-            s = trimmed
+            if s.isSYN {
+                for kind in [Spec.optWindowScale, Spec.optSACKPermitted, Spec.optTimestamps]
+                where s.tcpHeaderLength + space > Spec.tcpMaxHeaderLength {
+                    if let t = removeOption(p, s, kind: kind) { s = t }
+                }
+            }
+            guard s.tcpHeaderLength + space <= Spec.tcpMaxHeaderLength else { throw .noOptionSpace }
         }
         guard s.length + space <= capacity else {
             // Trimming may have happened: undo is not possible, but the caller drops the packet.
@@ -96,37 +104,55 @@ public enum AOOption {
         store8(p, s.tcpOffset + 12, UInt8(s.tcpHeaderLength / 4) << 4 | (b & 0x0F))
     }
 
+    /// Removes the first option of `kind` with the NOPs that aligned it (or pads its place back
+    /// to whole words). Lengths are updated; the checksum is left to the caller. Nil when absent.
+    static func removeOption(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, kind: UInt8) -> TCPSegment? {
+        var i = seg.optionsOffset
+        let endOpts = seg.eolOffset >= 0 ? seg.eolOffset : seg.optionsEnd
+        while i < endOpts {
+            let k = load8(p, i)
+            if k == Spec.optNOP { i += 1; continue }
+            let len = Int(load8(p, i + 1))
+            if k == kind { return cut(p, seg, start: i, end: i + len) }
+            i += len
+        }
+        return nil
+    }
+
+    /// Removes [start, end) of the options, widened over adjacent NOPs (or narrowed, leaving NOPs)
+    /// so that whole 32-bit words go.
+    static func cut(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, start s0: Int, end e0: Int) -> TCPSegment? {
+        var s = seg
+        var start = s0, end = e0
+        while (end - start) & 3 != 0 && start > s.optionsOffset && load8(p, start - 1) == Spec.optNOP { start -= 1 }
+        while (end - start) & 3 != 0 && end < s.optionsEnd && load8(p, end) == Spec.optNOP { end += 1 }
+        let leftover = (end - start) & 3
+        if leftover != 0 {
+            (p + start).initializeMemory(as: UInt8.self, repeating: Spec.optNOP, count: leftover)
+            start += leftover
+        }
+        let n = end - start
+        guard n > 0 else { return nil }
+        (p + start).copyMemory(from: p + end, byteCount: s.length - end)
+        s.tcpHeaderLength -= n
+        s.length -= n
+        do { try s.scanOptions(p) } catch { return nil }
+        return s
+    }
+
     /// Frees at least `free` bytes (a multiple of 4) of option space by dropping SACK blocks from
     /// the end, or the whole SACK option. Lengths are updated; the checksum is left to the caller.
     static func trimSACK(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, free: Int) -> TCPSegment? {
         guard seg.sackOffset >= 0 else { return nil }
-        var s = seg
-        let sackLen = Int(load8(p, s.sackOffset + 1))
+        let sackLen = Int(load8(p, seg.sackOffset + 1))
         let blocks = (sackLen - 2) / Spec.sackBlockLength
         let drop = (free + Spec.sackBlockLength - 1) / Spec.sackBlockLength
-        var start: Int
-        var end = s.sackOffset + sackLen
+        let end = seg.sackOffset + sackLen
         if drop < blocks {
             // Keep the first blocks (the most recent, RFC 2018 4); the cut is whole words.
-            start = end - drop * Spec.sackBlockLength
-            store8(p, s.sackOffset + 1, UInt8(sackLen - drop * Spec.sackBlockLength))
-        } else {
-            // Drop the whole option and the NOPs that aligned it, or pad back to whole words.
-            start = s.sackOffset
-            while (end - start) & 3 != 0 && start > s.optionsOffset && load8(p, start - 1) == Spec.optNOP { start -= 1 }
-            while (end - start) & 3 != 0 && end < s.optionsEnd && load8(p, end) == Spec.optNOP { end += 1 }
-            let leftover = (end - start) & 3
-            if leftover != 0 {
-                (p + start).initializeMemory(as: UInt8.self, repeating: Spec.optNOP, count: leftover)
-                start += leftover
-            }
+            store8(p, seg.sackOffset + 1, UInt8(sackLen - drop * Spec.sackBlockLength))
+            return cut(p, seg, start: end - drop * Spec.sackBlockLength, end: end)
         }
-        let cut = end - start
-        guard cut >= free else { return nil }
-        (p + start).copyMemory(from: p + end, byteCount: s.length - end)
-        s.tcpHeaderLength -= cut
-        s.length -= cut
-        do { try s.scanOptions(p) } catch { return nil }
-        return s
+        return cut(p, seg, start: seg.sackOffset, end: end)
     }
 }

@@ -44,7 +44,15 @@ public struct AOAlgorithm: Sendable, Hashable, Codable, CustomStringConvertible 
     }
 
     public var description: String {
-        AOAlgorithm.byName.first(where: { $0.1 == self })?.0 ?? "\(kind.rawValue)-\(macLength * 8)"
+        AOAlgorithm.byName.first(where: { $0.1 == self })?.0 ?? "\(AOAlgorithm.familyName(kind))-\(macLength * 8)"
+    }
+
+    static func familyName(_ k: KDFKind) -> String {
+        switch k {
+        case .hmacSHA1: "hmac-sha-1"
+        case .aesCMAC: "aes-128-cmac"
+        case .hmacSHA256: "hmac-sha-256"
+        }
     }
 
     /// Linux's name for the algorithm in `struct tcp_ao_add.alg_name`.

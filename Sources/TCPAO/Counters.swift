@@ -7,7 +7,7 @@ public enum Counter: Int, CaseIterable, Sendable {
     case passedUnsigned
     case passedICMP
     case mssClamped
-    case sackTrimmed
+    case optionsTrimmed
     case flowsCreated
     case flowsExpired
     case flowsEvicted
@@ -21,7 +21,7 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .passedUnsigned: "passed-unsigned"
         case .passedICMP: "passed-icmp"
         case .mssClamped: "mss-clamped"
-        case .sackTrimmed: "sack-trimmed"
+        case .optionsTrimmed: "options-trimmed"
         case .flowsCreated: "flows-created"
         case .flowsExpired: "flows-expired"
         case .flowsEvicted: "flows-evicted"

@@ -162,7 +162,7 @@ public struct AOEngine: ~Copyable {
             // Fail closed (RFC 5925 7.6): no room for TCP-AO means the segment does not leave.
             return dropped(error == .noOptionSpace ? .noOptionSpace : .malformed, peer: peer)
         }
-        if s.length - seg.length != alg.alignedOptionLength { counters.bump(.sackTrimmed, peer: peer) }
+        if s.length - seg.length != alg.alignedOptionLength { counters.bump(.optionsTrimmed, peer: peer) }
         if plan.kind == .syn {
             // Send_SYN_traffic_key: our ISN, destination ISN zero (5.2). Used for this SYN only.
             let tk = chain.keys[plan.mkt].master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,

@@ -1,7 +1,38 @@
 import CLibCrypto
 
-private let sha1CtxSize = MemoryLayout<SHA_CTX>.size
-private let sha256CtxSize = MemoryLayout<SHA256_CTX>.size
+/// OpenSSL's low-level digest entry points behind one interface, so HMAC is written once.
+protocol DigestEngine {
+    associatedtype Context
+    static var outputSize: Int { get }
+    static func initialize(_ c: UnsafeMutablePointer<Context>)
+    static func update(_ c: UnsafeMutablePointer<Context>, _ p: UnsafeRawPointer?, _ n: Int)
+    static func final(_ out: UnsafeMutablePointer<UInt8>, _ c: UnsafeMutablePointer<Context>)
+    static func digest(_ p: UnsafeRawPointer?, _ n: Int, _ out: UnsafeMutablePointer<UInt8>)
+}
+
+extension DigestEngine {
+    static var contextSize: Int { MemoryLayout<Context>.size }
+}
+
+enum SHA1Engine: DigestEngine {
+    static let outputSize = 20
+    @inline(__always) static func initialize(_ c: UnsafeMutablePointer<SHA_CTX>) { SHA1_Init(c) }
+    @inline(__always) static func update(_ c: UnsafeMutablePointer<SHA_CTX>, _ p: UnsafeRawPointer?, _ n: Int) { SHA1_Update(c, p, n) }
+    @inline(__always) static func final(_ out: UnsafeMutablePointer<UInt8>, _ c: UnsafeMutablePointer<SHA_CTX>) { SHA1_Final(out, c) }
+    static func digest(_ p: UnsafeRawPointer?, _ n: Int, _ out: UnsafeMutablePointer<UInt8>) {
+        _ = SHA1(p?.assumingMemoryBound(to: UInt8.self), n, out)
+    }
+}
+
+enum SHA256Engine: DigestEngine {
+    static let outputSize = 32
+    @inline(__always) static func initialize(_ c: UnsafeMutablePointer<SHA256_CTX>) { SHA256_Init(c) }
+    @inline(__always) static func update(_ c: UnsafeMutablePointer<SHA256_CTX>, _ p: UnsafeRawPointer?, _ n: Int) { SHA256_Update(c, p, n) }
+    @inline(__always) static func final(_ out: UnsafeMutablePointer<UInt8>, _ c: UnsafeMutablePointer<SHA256_CTX>) { SHA256_Final(out, c) }
+    static func digest(_ p: UnsafeRawPointer?, _ n: Int, _ out: UnsafeMutablePointer<UInt8>) {
+        _ = SHA256(p?.assumingMemoryBound(to: UInt8.self), n, out)
+    }
+}
 
 /// The AES-128-CBC cipher, fetched from the default provider once per process.
 private struct FetchedCipher: @unchecked Sendable { let pointer: OpaquePointer }
@@ -35,10 +66,10 @@ public struct MACKey: ~Copyable {
         state.initializeMemory(as: UInt8.self, repeating: 0, count: size)
         switch algorithm.kind {
         case .hmacSHA1:
-            MACKey.initHMAC(state, key: key, sha256: false)
+            MACKey.initHMAC(state, key: key, SHA1Engine.self)
             cipher = nil
         case .hmacSHA256:
-            MACKey.initHMAC(state, key: key, sha256: true)
+            MACKey.initHMAC(state, key: key, SHA256Engine.self)
             cipher = nil
         case .aesCMAC:
             cipher = MACKey.initCMAC(state, key: key)
@@ -48,8 +79,8 @@ public struct MACKey: ~Copyable {
     /// Out-of-line state: two digest contexts for HMAC, K1 and K2 for CMAC.
     static func stateSize(_ k: KDFKind) -> Int {
         switch k {
-        case .hmacSHA1: 2 * MemoryLayout<SHA_CTX>.size
-        case .hmacSHA256: 2 * MemoryLayout<SHA256_CTX>.size
+        case .hmacSHA1: 2 * SHA1Engine.contextSize
+        case .hmacSHA256: 2 * SHA256Engine.contextSize
         case .aesCMAC: 32
         }
     }
@@ -77,66 +108,46 @@ public struct MACKey: ~Copyable {
 
     // MARK: HMAC (RFC 2104)
 
-    private static func initHMAC(_ st: UnsafeMutableRawPointer, key: UnsafeRawBufferPointer, sha256: Bool) {
+    /// Absorbs (key XOR ipad) and (key XOR opad) into two contexts stored at `st`.
+    private static func initHMAC<D: DigestEngine>(_ st: UnsafeMutableRawPointer, key: UnsafeRawBufferPointer, _: D.Type) {
         let block = 64
         var k = [UInt8](repeating: 0, count: block)
-        defer { k.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) } }
+        var pad = [UInt8](repeating: 0, count: block)
+        defer {
+            k.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) }
+            pad.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) }
+        }
         k.withUnsafeMutableBytes { kb in
             if key.count > block {
-                if sha256 { _ = SHA256(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count, kb.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
-                else { _ = SHA1(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count, kb.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+                D.digest(key.baseAddress, key.count, kb.baseAddress!.assumingMemoryBound(to: UInt8.self))
             } else if key.count > 0 {
                 kb.baseAddress!.copyMemory(from: key.baseAddress!, byteCount: key.count)
             }
         }
-        var pad = [UInt8](repeating: 0, count: block)
-        defer { pad.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) } }
-        do {
-            for (half, xor) in [(0, UInt8(0x36)), (1, UInt8(0x5c))] {
-                for i in 0..<block { pad[i] = k[i] ^ xor }
-                if sha256 {
-                    var c = SHA256_CTX()
-                    SHA256_Init(&c)
-                    SHA256_Update(&c, pad, block)
-                    withUnsafeBytes(of: &c) { st.advanced(by: half * sha256CtxSize).copyMemory(from: $0.baseAddress!, byteCount: sha256CtxSize) }
-                    withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
-                } else {
-                    var c = SHA_CTX()
-                    SHA1_Init(&c)
-                    SHA1_Update(&c, pad, block)
-                    withUnsafeBytes(of: &c) { st.advanced(by: half * sha1CtxSize).copyMemory(from: $0.baseAddress!, byteCount: sha1CtxSize) }
-                    withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
-                }
-            }
+        for (half, xor) in [(0, UInt8(0x36)), (1, UInt8(0x5c))] {
+            for i in 0..<block { pad[i] = k[i] ^ xor }
+            let c = (st + half * D.contextSize).bindMemory(to: D.Context.self, capacity: 1)
+            D.initialize(c)
+            pad.withUnsafeBytes { D.update(c, $0.baseAddress, block) }
         }
     }
 
+    /// HMAC over `a || b`: continues copies of the pre-keyed inner and outer contexts.
     @inline(__always)
-    private func hmacSHA1(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ out: UnsafeMutableRawPointer) {
-        var c = SHA_CTX()
-        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state, byteCount: sha1CtxSize) }
-        if a.count > 0 { SHA1_Update(&c, a.baseAddress, a.count) }
-        if b.count > 0 { SHA1_Update(&c, b.baseAddress, b.count) }
-        let o = out.assumingMemoryBound(to: UInt8.self)
-        SHA1_Final(o, &c)
-        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state + sha1CtxSize, byteCount: sha1CtxSize) }
-        SHA1_Update(&c, out, 20)
-        SHA1_Final(o, &c)
-        withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
-    }
-
-    @inline(__always)
-    private func hmacSHA256(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ out: UnsafeMutableRawPointer) {
-        var c = SHA256_CTX()
-        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state, byteCount: sha256CtxSize) }
-        if a.count > 0 { SHA256_Update(&c, a.baseAddress, a.count) }
-        if b.count > 0 { SHA256_Update(&c, b.baseAddress, b.count) }
-        let o = out.assumingMemoryBound(to: UInt8.self)
-        SHA256_Final(o, &c)
-        withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: state + sha256CtxSize, byteCount: sha256CtxSize) }
-        SHA256_Update(&c, out, 32)
-        SHA256_Final(o, &c)
-        withUnsafeMutableBytes(of: &c) { OPENSSL_cleanse($0.baseAddress, $0.count) }
+    private func hmac<D: DigestEngine>(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ out: UnsafeMutableRawPointer, _: D.Type) {
+        withUnsafeTemporaryAllocation(of: D.Context.self, capacity: 1) { buf in
+            let c = buf.baseAddress!
+            let raw = UnsafeMutableRawPointer(c)
+            let o = out.assumingMemoryBound(to: UInt8.self)
+            raw.copyMemory(from: state, byteCount: D.contextSize)
+            if a.count > 0 { D.update(c, a.baseAddress, a.count) }
+            if b.count > 0 { D.update(c, b.baseAddress, b.count) }
+            D.final(o, c)
+            raw.copyMemory(from: state + D.contextSize, byteCount: D.contextSize)
+            D.update(c, out, D.outputSize)
+            D.final(o, c)
+            OPENSSL_cleanse(raw, D.contextSize)
+        }
     }
 
     // MARK: AES-CMAC (RFC 4493)
@@ -201,8 +212,8 @@ public struct MACKey: ~Copyable {
     @inline(__always)
     public func compute(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
         switch algorithm.kind {
-        case .hmacSHA1: hmacSHA1(a, b, out)
-        case .hmacSHA256: hmacSHA256(a, b, out)
+        case .hmacSHA1: hmac(a, b, out, SHA1Engine.self)
+        case .hmacSHA256: hmac(a, b, out, SHA256Engine.self)
         case .aesCMAC: cmac(a, b, out)
         }
     }

@@ -18,6 +18,7 @@ public enum Spec {
     public static let optNOP: UInt8 = 1
     public static let optMSS: UInt8 = 2
     public static let optMSSLength = 4
+    public static let optWindowScale: UInt8 = 3
     public static let optSACKPermitted: UInt8 = 4
     public static let optSACK: UInt8 = 5 // RFC 2018
     public static let sackBlockLength = 8

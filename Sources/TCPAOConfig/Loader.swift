@@ -258,8 +258,8 @@ public struct ConfigLoader {
 
     // MARK: key chains
 
-    static let keyKeys = ["key-id", "send-id", "recv-id", "crypto-algorithm", "key-string", "hexadecimal-string", "key-file",
-                          "include-tcp-options", "send-lifetime", "accept-lifetime", "send-accept-lifetime", "description"]
+    static let keyKeys = ["key-id", "send-id", "recv-id", "crypto-algorithm", "mac-length", "key-string", "hexadecimal-string",
+                          "key-file", "include-tcp-options", "send-lifetime", "accept-lifetime", "send-accept-lifetime", "description"]
 
     mutating func keyChain(_ node: Node, _ path: String) -> KeyChain? {
         guard let f = fields(node, path, allowed: ["name", "keys", "description"], required: ["name", "keys"]),
@@ -309,6 +309,17 @@ public struct ConfigLoader {
                 report(.error, n, "\(path).crypto-algorithm", "`\(n.scalar?.string ?? "?")` is not a supported algorithm",
                        fix: "write one of: \(names.joined(separator: ", "))")
             }
+        }
+        if let n = f["mac-length"]?.value, let a = alg {
+            // Linux's tcp_ao_add.maclen and router vendors let the MAC be truncated to other
+            // lengths (at most the PRF's output); both ends must agree.
+            if let v = int(n, "\(path).mac-length", 4...a.kind.outputLength, what: "MAC length in bytes for \(a)") {
+                if v != a.macLength && a.kind != .hmacSHA256 {
+                    report(.warning, n, "\(path).mac-length", "\(a) with a \(v)-byte MAC is not the RFC 5926 algorithm; the peer must use the same length",
+                           fix: "remove mac-length to use \(a.macLength) bytes")
+                }
+                alg = AOAlgorithm(kind: a.kind, macLength: v)
+            } else { ok = false }
         }
         let sources = ["key-string", "hexadecimal-string", "key-file"].filter { f[$0] != nil }
         var secret: Secret? = nil

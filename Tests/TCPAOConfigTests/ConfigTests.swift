@@ -168,6 +168,18 @@ import TCPAO
         #expect(c?.keyChains[0].keys[0].serial != a.keyChains[0].keys[0].serial)
     }
 
+    /// HMAC-SHA-256 with a configurable MAC length (Linux's maclen, vendors' options).
+    @Test func macLength() throws {
+        let y = Self.contract.replacingOccurrences(of: "hmac-sha-1-96 ", with: "hmac-sha-256-128\n        mac-length: 20 ")
+        let (c, d) = load(y)
+        let k = try #require(c, "\(d)").keyChains[0].keys[0]
+        #expect(k.algorithm == AOAlgorithm(kind: .hmacSHA256, macLength: 20) && k.algorithm.alignedOptionLength == 24)
+        #expect(k.algorithm.description == "hmac-sha-256-160")
+        expectOne(Self.contract.replacingOccurrences(of: "hmac-sha-1-96 ", with: "aes-128-cmac-96\n        mac-length: 20 "), contains: "out of range")
+        let (_, d2) = load(Self.contract.replacingOccurrences(of: "hmac-sha-1-96 ", with: "hmac-sha-1-96\n        mac-length: 10 "))
+        #expect(d2.warnings.contains { $0.message.contains("not the RFC 5926 algorithm") })
+    }
+
     @Test func rfc3339() {
         #expect(RFC3339.parse("1970-01-01T00:00:00Z") == 0)
         #expect(RFC3339.parse("2026-01-01T00:00:00Z") == 1_767_225_600)
