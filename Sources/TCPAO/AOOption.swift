@@ -19,21 +19,30 @@ public enum AOOption {
         guard space <= Spec.tcpMaxOptionSpace else { throw .noOptionSpace }
         var s = seg
         let removed = TCPChecksum.headerSum(p, s)
-        if s.tcpHeaderLength + space > Spec.tcpMaxHeaderLength {
-            if s.sackOffset >= 0, let trimmed = trimSACK(p, s, free: s.tcpHeaderLength + space - Spec.tcpMaxHeaderLength) {
-                s = trimmed
-            }
-            if s.isSYN {
-                for kind in [Spec.optWindowScale, Spec.optSACKPermitted, Spec.optTimestamps]
-                where s.tcpHeaderLength + space > Spec.tcpMaxHeaderLength {
-                    if let t = removeOption(p, s, kind: kind) { s = t }
+        if s.tcpHeaderLength + space > Spec.tcpMaxHeaderLength || s.length + space > capacity {
+            // Trimming edits the header and moves the payload; keep the original header so a
+            // failure can put everything back (a thrown error leaves the packet unchanged).
+            s = try withUnsafeTemporaryAllocation(byteCount: Spec.tcpMaxHeaderLength, alignment: 8) { saved throws(PacketError) -> TCPSegment in
+                saved.baseAddress!.copyMemory(from: p + seg.tcpOffset, byteCount: seg.tcpHeaderLength)
+                var t = seg
+                if t.tcpHeaderLength + space > Spec.tcpMaxHeaderLength, t.sackOffset >= 0,
+                   let trimmed = trimSACK(p, t, free: t.tcpHeaderLength + space - Spec.tcpMaxHeaderLength) {
+                    t = trimmed
                 }
+                if t.isSYN {
+                    for kind in [Spec.optWindowScale, Spec.optSACKPermitted, Spec.optTimestamps]
+                    where t.tcpHeaderLength + space > Spec.tcpMaxHeaderLength {
+                        if let u = removeOption(p, t, kind: kind) { t = u }
+                    }
+                }
+                let fits = t.tcpHeaderLength + space <= Spec.tcpMaxHeaderLength
+                if fits && t.length + space <= capacity { return t }
+                if t.tcpHeaderLength != seg.tcpHeaderLength {
+                    (p + seg.payloadOffset).copyMemory(from: p + t.payloadOffset, byteCount: t.payloadLength) // memmove
+                }
+                (p + seg.tcpOffset).copyMemory(from: saved.baseAddress!, byteCount: seg.tcpHeaderLength)
+                throw fits ? PacketError.noBufferSpace : PacketError.noOptionSpace
             }
-            guard s.tcpHeaderLength + space <= Spec.tcpMaxHeaderLength else { throw .noOptionSpace }
-        }
-        guard s.length + space <= capacity else {
-            // Trimming may have happened: undo is not possible, but the caller drops the packet.
-            throw .noBufferSpace
         }
         let at = s.eolOffset >= 0 ? s.eolOffset : s.optionsEnd
         (p + at + space).copyMemory(from: p + at, byteCount: s.length - at) // memmove semantics

@@ -42,15 +42,40 @@ public struct AOEngine: ~Copyable {
         self.budget = budget
     }
 
-    /// Adds a flow within the table's and the shared budget's bounds.
+    /// Adds a flow within the table's and the shared budget's bounds. When full, a flow that has
+    /// ended (lingering for retransmissions) or is still half-open makes room; established
+    /// connections are never evicted.
     @inline(__always)
     mutating func addFlow(_ e: consuming FlowEntry) -> Int? {
+        if table.count >= table.limit || (budget.map { $0.count >= $0.limit } ?? false) { evictOne() }
         if let b = budget, !b.acquire() { return nil }
         guard let i = table.insert(e) else {
             budget?.release()
             return nil
         }
         return i
+    }
+
+    /// Looks at up to 64 flows from the sweep cursor and removes the first that has ended, else
+    /// the first half-open one.
+    mutating func evictOne() {
+        guard table.highWater > 0 else { return }
+        var victim: Int? = nil
+        var c = sweepCursor
+        for _ in 0..<min(64, table.highWater) {
+            if c >= table.highWater { c = 0 }
+            if table.live[c] {
+                let ph = table.entries[c].state.phase
+                if ph == .finished || ph == .reset { victim = c; break }
+                if victim == nil && (ph == .synSent || ph == .synReceived) { victim = c }
+            }
+            c += 1
+        }
+        sweepCursor = c
+        if let v = victim {
+            counters.bump(.flowsEvicted, peer: Int(table.entries[v].peer))
+            removeFlow(at: v)
+        }
     }
 
     public var flowCount: Int { table.count }
@@ -109,7 +134,8 @@ public struct AOEngine: ~Copyable {
             direction = config.peerIndex(remote: seg.dst, ports: seg.srcPort, seg.dstPort) != nil ? .egress : .ingress
         }
         let remote = direction == .egress ? seg.dst : seg.src
-        guard let peer = config.peerIndex(remote: remote, ports: seg.srcPort, seg.dstPort) else {
+        guard hint != nil || config.isProtected(direction == .egress ? seg.src : seg.dst),
+              let peer = config.peerIndex(remote: remote, ports: seg.srcPort, seg.dstPort) else {
             counters.bump(.passedUnmatched, peer: -1)
             return .accept
         }
@@ -160,6 +186,7 @@ public struct AOEngine: ~Copyable {
                                     keyID: plan.keyID, rnextKeyID: plan.rnextKeyID)
         } catch {
             // Fail closed (RFC 5925 7.6): no room for TCP-AO means the segment does not leave.
+            if created { removeFlow(at: i) }
             return dropped(error == .noOptionSpace ? .noOptionSpace : .malformed, peer: peer)
         }
         if s.length - seg.length != alg.alignedOptionLength { counters.bump(.optionsTrimmed, peer: peer) }
@@ -194,6 +221,9 @@ public struct AOEngine: ~Copyable {
         guard seg.hasAO else {
             // No TCP-AO from a peer that has keys: dropped, unless the peer is being migrated.
             guard config.peers[peer].acceptKeyMismatch else { return dropped(.missingAO, peer: peer) }
+            // Migration covers peers that do not sign yet, not connections that already do:
+            // once a segment of this flow verified, unsigned ones are dropped (as Linux does).
+            if let i = found, table.entries[i].state.lastRecvKeyID != nil { return dropped(.missingAO, peer: peer) }
             if let i = found {
                 let before = table.entries[i].state
                 table.entries[i].state.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: chain, wall: clock.wall, mono: clock.mono)

@@ -105,6 +105,11 @@ public struct FlowState: Sendable, Hashable, Codable {
     public var lastRecvKeyID: UInt8?
     public var localFIN = false
     public var remoteFIN = false
+    /// The ISN of a verified SYN that arrived while the connection was synchronized: a replayed
+    /// or duplicated SYN (its MAC stays valid), or the peer starting over. The host decides:
+    /// its challenge ACK (RFC 5961 4) is signed with the current keys, and only a SYN-ACK
+    /// acknowledging this ISN makes it the connection's.
+    public var pendingRemoteISN: UInt32?
     /// Monotonic seconds of the last segment, and of the end (FIN exchange or RST).
     public var lastSeen: UInt32
     public var endedAt: UInt32 = 0
@@ -142,6 +147,12 @@ public struct FlowState: Sendable, Hashable, Codable {
         }
         if seg.isSYN {
             // SYN-ACK: answers the peer's SYN, so the peer's ISN must be known.
+            if let pending = pendingRemoteISN, seg.ack == pending &+ 1 {
+                // The host accepted a new connection on this 4-tuple: start over with its ISNs.
+                self = FlowState(phase: .synReceived, now: mono)
+                remoteISN = pending
+                recvSNE = SNETracker(isn: pending)
+            }
             guard remoteISN != nil else { return .drop(.noState) }
             if localISN != seg.seq {
                 localISN = seg.seq
@@ -212,6 +223,10 @@ public struct FlowState: Sendable, Hashable, Codable {
                 remoteISN = seg.seq
                 recvSNE = SNETracker(isn: seg.seq)
                 phase = .synReceived
+            } else if phase == .established || phase == .finishing {
+                // A verified SYN must not reset a synchronized connection: a replay would kill it
+                // as surely as a forged RST. Remember it; the host's answer decides.
+                if remoteISN != seg.seq { pendingRemoteISN = seg.seq }
             } else if remoteISN != seg.seq || phase != .synReceived {
                 self = FlowState(phase: .synReceived, now: mono)
                 remoteISN = seg.seq

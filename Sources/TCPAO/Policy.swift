@@ -63,11 +63,22 @@ public final class EngineConfig: Sendable {
     public let limits: FlowLimits
     /// Tests and benchmarks: skip all TCP-AO work and accept everything (the I/O ceiling).
     public let passthrough: Bool
+    /// Gateway mode: the protected hosts (empty: any). A forwarded segment is egress only from
+    /// one of them to a peer, ingress only from a peer to one of them.
+    public let protectedPrefixes: [IPPrefix]
 
-    public init(peers: [PeerPolicy], limits: FlowLimits = FlowLimits(), passthrough: Bool = false) {
+    public init(peers: [PeerPolicy], limits: FlowLimits = FlowLimits(), passthrough: Bool = false, protectedPrefixes: [IPPrefix] = []) {
         self.peers = peers
         self.limits = limits
         self.passthrough = passthrough
+        self.protectedPrefixes = protectedPrefixes
+    }
+
+    @inline(__always)
+    public func isProtected(_ a: IPAddress) -> Bool {
+        if protectedPrefixes.isEmpty { return true }
+        for p in protectedPrefixes where p.contains(a) { return true }
+        return false
     }
 
     /// The peer whose prefix holds `remote` and whose ports match. Peers' prefixes do not

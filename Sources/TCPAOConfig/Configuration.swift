@@ -45,17 +45,20 @@ public struct Configuration: Sendable {
     /// Where `tcpaod stats` finds the running daemon's counters.
     public var statsFile = "/run/tcpaod/stats.json"
     public var firewall: FirewallBackend = .iptables
+    /// Gateway mode: the hosts this gateway protects. Only segments from them toward a peer are
+    /// signed, only segments from a peer toward them are verified; empty means any address.
+    public var protectedPrefixes: [IPPrefix] = []
     public var keyChains: [KeyChain] = []
     public var peers: [PeerPolicy] = []
 
     public init(file: String) { self.file = file }
 
-    public var queues: ClosedRange<UInt16> { queue...(queue + UInt16(threads) - 1) }
+    public var queues: ClosedRange<UInt16> { queue...UInt16(clamping: Int(queue) + threads - 1) }
 
     /// `max-flows` bounds the whole daemon: each worker's table may hold that many (queue
     /// balancing can put most flows on one worker) and a shared `FlowBudget` bounds the sum.
     public func engineConfig() -> EngineConfig {
-        EngineConfig(peers: peers, limits: limits, passthrough: passthrough)
+        EngineConfig(peers: peers, limits: limits, passthrough: passthrough, protectedPrefixes: protectedPrefixes)
     }
 
     /// Every MKT of every chain.

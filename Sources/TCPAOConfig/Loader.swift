@@ -146,7 +146,8 @@ public struct ConfigLoader {
     // MARK: the document
 
     static let topKeys = ["mode", "queue", "threads", "queue-bypass", "on-exit", "passthrough", "max-flows", "idle-timeout",
-                          "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "firewall", "key-chains", "peers"]
+                          "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "firewall", "protected-prefixes",
+                          "key-chains", "peers"]
 
     mutating func parse(_ text: String, previous: Configuration?) -> Configuration {
         var cfg = Configuration(file: file)
@@ -199,6 +200,21 @@ public struct ConfigLoader {
         if let n = f["stats-file"]?.value, let s = string(n, "stats-file") { cfg.statsFile = s }
         if let n = f["firewall"]?.value, let v = choice(n, "firewall", FirewallBackend.self) { cfg.firewall = v }
 
+        if let n = f["protected-prefixes"]?.value, let items = list(n, "protected-prefixes") {
+            for (i, it) in items.enumerated() {
+                guard let txt = string(it, "protected-prefixes[\(i)]") else { continue }
+                if let pr = IPPrefix(txt), pr.isCanonical { cfg.protectedPrefixes.append(pr) } else {
+                    report(.error, it, "protected-prefixes[\(i)]", "`\(txt)` is not a prefix (or has bits set beyond its length)",
+                           fix: "write it like 198.51.100.0/24 or 2001:db8:2::/64")
+                }
+            }
+            if cfg.mode != .gateway {
+                report(.warning, n, "protected-prefixes", "used in gateway mode only", fix: "remove it, or set mode: gateway")
+            }
+        } else if cfg.mode == .gateway && purpose == .daemon {
+            report(.warning, root, "protected-prefixes", "gateway mode without protected-prefixes signs segments toward a peer from any host it forwards for, spoofed ones included",
+                   fix: "list the prefixes of the hosts this gateway protects")
+        }
         var chainNodes: [String: Node] = [:]
         if let n = f["key-chains"]?.value, let items = list(n, "key-chains") {
             if items.isEmpty { report(.error, n, "key-chains", "no key chain", fix: "add a chain with at least one key") }
@@ -233,6 +249,12 @@ public struct ConfigLoader {
                 }
             }
             cfg.peers = peerNodes.map(\.0)
+            if cfg.mode == .gateway && !cfg.protectedPrefixes.isEmpty {
+                for (p, pn) in peerNodes where !cfg.protectedPrefixes.contains(where: { $0.address.isV6 == p.prefix.address.isV6 }) {
+                    report(.error, pn, "peers", "peer `\(p.name)` is \(p.prefix.address.isV6 ? "IPv6" : "IPv4") but no protected prefix is: its traffic would not be protected",
+                           fix: "add a protected prefix of that family, or remove the peer")
+                }
+            }
             for c in cfg.keyChains where !used.contains(c.name) {
                 report(.warning, chainNodes[c.name], "key-chains", "chain `\(c.name)` is not used by any peer", fix: "attach it to a peer or remove it")
             }

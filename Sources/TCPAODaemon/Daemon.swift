@@ -116,15 +116,17 @@ public final class Daemon: @unchecked Sendable {
         if c.firewall != config.firewall { restartOnly.append("firewall"); c.firewall = config.firewall }
         if c.limits.maxFlows != config.limits.maxFlows { restartOnly.append("max-flows"); c.limits.maxFlows = config.limits.maxFlows }
         if !restartOnly.isEmpty { log.warning("reload: \(restartOnly.joined(separator: ", ")) change only on restart; applying the rest") }
+        // The engines learn the new peers and keys before the rules send them new traffic; if
+        // the rules cannot be replaced (atomically: the old ones stay), the engines go back.
+        workers.forEach { $0.reconfigure(c.engineConfig()) }
         if manageRules && RuleSet(c) != RuleSet(config) {
-            do { try firewall.install(RuleSet(c)); rulesInstalled = true } catch {
-                log.error("reload: installing the new rules failed (\(error)); still running with the previous configuration")
-                do { try firewall.install(RuleSet(config)) } catch { log.critical("reinstalling the previous rules failed too: \(error)") }
+            do { try firewall.replace(RuleSet(config), with: RuleSet(c)) } catch {
+                log.error("reload: replacing the rules failed (\(error)); still running with the previous configuration")
+                let back = config.engineConfig()
+                workers.forEach { $0.reconfigure(back) }
                 return
             }
         }
-        let ec = c.engineConfig()
-        workers.forEach { $0.reconfigure(ec) }
         config = c
         reloads += 1
         let now = Int64(Date().timeIntervalSince1970)

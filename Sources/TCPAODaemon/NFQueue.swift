@@ -17,6 +17,8 @@ enum NF {
     static let attrOutDev = UInt16(NFQA_IFINDEX_OUTDEV.rawValue)
     static let attrCapLen = UInt16(NFQA_CAP_LEN.rawValue)
     static let nlaTypeMask: UInt16 = 0x3FFF // NLA_TYPE_MASK: strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+    /// NFQNL_MAX_COPY_RANGE (0xffff - NLA_HDRLEN): the largest packet a verdict can carry.
+    static let maxPacket = 65531
     static let solNetlink: Int32 = 270
     static let netlinkNoENOBUFS: Int32 = 5
     static let netlinkExtAck: Int32 = 11
@@ -220,7 +222,7 @@ final class NFQueueSocket {
         guard haveHeader else { return nil }
         if let pl = p.payload {
             // The payload is the message's last attribute; the rest of the slot is free.
-            p.capacity = min(slotSize - (pl - base), 65535)
+            p.capacity = min(slotSize - (pl - base), NF.maxPacket)
         }
         return p
     }
@@ -230,8 +232,12 @@ final class NFQueueSocket {
     /// payload must stay where it is until `flush` (it lives in a receive slot, reused only by the
     /// next receive). Returns false when an earlier partial flush failed.
     @inline(__always)
-    func addVerdict(id: UInt32, verdict: Int32, payload: UnsafeRawPointer?, length: Int) -> Bool {
+    func addVerdict(id: UInt32, verdict v: Int32, payload pl: UnsafeRawPointer?, length: Int) -> Bool {
         var ok = true
+        // A packet the kernel cannot take back (over NFQNL_MAX_COPY_RANGE) is dropped, never sent.
+        let oversized = pl != nil && length > NF.maxPacket
+        let verdict = oversized ? NF.drop : v
+        let payload = oversized ? nil : pl
         if txCount == slotCount { ok = flush() }
         let h = hdrs + txCount * NFQueueSocket.hdrSize
         let padded = (length + 3) & ~3

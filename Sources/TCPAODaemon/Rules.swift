@@ -55,9 +55,15 @@ public struct RuleSet: Sendable, Equatable {
                 }
             }
             let note = " -m comment --comment \"tcpaod peer \(safe(p.name))\""
-            for pm in portMatches {
-                out.append("-A \(egress) -d \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
-                out.append("-A \(ingress) -s \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
+            // Gateway mode with protected-prefixes: only between the protected hosts and the peer.
+            let locals: [String?] = cfg.mode == .gateway && !cfg.protectedPrefixes.isEmpty
+                ? cfg.protectedPrefixes.filter { $0.address.isV6 == v6 }.map { "\($0)" } : [nil]
+            for local in locals {
+                let from = local.map { " -s \($0)" } ?? "", to = local.map { " -d \($0)" } ?? ""
+                for pm in portMatches {
+                    out.append("-A \(egress)\(from) -d \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
+                    out.append("-A \(ingress) -s \(p.prefix)\(to) -p tcp\(pm)\(note) -j \(target)")
+                }
             }
         }
         if peers.contains(where: \.dropICMPHardErrors) {
@@ -111,18 +117,50 @@ public struct Firewall: Sendable {
         remove()
         for (v6, script) in [(false, rules.v4), (true, rules.v6)] {
             guard let script else { continue }
-            let (rc, out) = Firewall.run(tool(v6, restore: true), ["--noflush", "--wait"], input: script)
-            if rc != 0 {
+            if let e = restore(v6, script) {
                 remove()
-                let hint = rc == 127 ? " (is the iptables package installed?)" : ""
-                throw Failure(description: "\(tool(v6, restore: true)) refused tcpaod's rules\(hint): \(out)")
+                throw e
             }
         }
     }
 
+    /// Replaces the running rules `old` by `new` without a moment unprotected: where a family
+    /// keeps rules, one `iptables-restore --noflush` transaction flushes and refills tcpaod's
+    /// chains (declaring a chain flushes it) and leaves the jumps in place. A family that gains
+    /// rules gets them whole; one that loses them has its chains removed. When a restore fails
+    /// the kernel keeps what it had (the transaction is atomic), and so does this family.
+    public func replace(_ old: RuleSet, with new: RuleSet) throws {
+        for (v6, before, after) in [(false, old.v4, new.v4), (true, old.v6, new.v6)] {
+            switch (before, after) {
+            case (.some, .some(let script)):
+                let body = script.split(separator: "\n", omittingEmptySubsequences: false)
+                    .filter { !$0.hasPrefix("-I ") }.joined(separator: "\n")
+                if let e = restore(v6, body) { throw e }
+            case (.none, .some(let script)):
+                if let e = restore(v6, script) { throw e }
+            case (.some, .none):
+                remove(v6: v6)
+            case (.none, .none):
+                break
+            }
+        }
+    }
+
+    private func restore(_ v6: Bool, _ script: String) -> Failure? {
+        let (rc, out) = Firewall.run(tool(v6, restore: true), ["--noflush", "--wait"], input: script)
+        guard rc != 0 else { return nil }
+        let hint = rc == 127 ? " (is the iptables package installed?)" : ""
+        return Failure(description: "\(tool(v6, restore: true)) refused tcpaod's rules\(hint): \(out)")
+    }
+
     /// Removes tcpaod's jumps and chains, whatever is there; absent ones are fine.
     public func remove() {
-        for v6 in [false, true] {
+        remove(v6: false)
+        remove(v6: true)
+    }
+
+    func remove(v6: Bool) {
+        do {
             let t = tool(v6, restore: false)
             for (builtin, chain) in RuleSet.allChains {
                 for _ in 0..<16 {

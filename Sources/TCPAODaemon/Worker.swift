@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 import TCPAO
 import TCPAOConfig
 #if canImport(Glibc)
@@ -26,23 +27,23 @@ public struct IOStats: Codable, Sendable {
 final class Mailbox: @unchecked Sendable {
     private let lock = NSLock()
     private var items: [() -> Void] = []
-    private var pending = false
+    private let pending = Atomic<Bool>(false)
 
     func post(_ f: @escaping () -> Void) {
         lock.lock()
         items.append(f)
-        pending = true
+        pending.store(true, ordering: .releasing)
         lock.unlock()
     }
 
     /// Cheap to call on every loop turn: no lock unless something was posted.
     @inline(__always)
     func runPending() {
-        guard pending else { return }
+        guard pending.load(ordering: .acquiring) else { return }
         lock.lock()
         let work = items
         items = []
-        pending = false
+        pending.store(false, ordering: .relaxed)
         lock.unlock()
         for f in work { f() }
     }
@@ -108,13 +109,14 @@ final class Worker: @unchecked Sendable {
             }
         }
         // Stopping: every packet still queued gets its verdict; done when the queue has been
-        // quiet for 100 ms (at most 2 s).
-        var quiet = 0, waited = 0
-        while quiet < 100 && waited < 2000 {
-            if drain(maxBatches: 1024, blocking: false) > 0 { quiet = 0; continue }
+        // quiet for 100 ms, or after 2 s whatever the load (with on-exit: keep-rules packets keep
+        // coming; the kernel drops those once the socket is closed).
+        let deadline = DispatchTime.now().uptimeNanoseconds + 2_000_000_000
+        var quiet = 0
+        while quiet < 100 && DispatchTime.now().uptimeNanoseconds < deadline {
+            if drain(maxBatches: 64, blocking: false) > 0 { quiet = 0; continue }
             usleep(10_000)
             quiet += 10
-            waited += 10
         }
         socket.close()
         finished.signal()
@@ -238,8 +240,14 @@ final class Worker: @unchecked Sendable {
 
     // MARK: called from other threads; each hops onto the worker's queue
 
+    /// Switches the engine to `c`; returns once the worker has done it (within ~100 ms).
     func reconfigure(_ c: EngineConfig) {
-        mailbox.post { [self] in retired.add(engine.pointee.reconfigure(c)) }
+        let done = DispatchSemaphore(value: 0)
+        mailbox.post { [self] in
+            retired.add(engine.pointee.reconfigure(c))
+            done.signal()
+        }
+        done.wait()
     }
 
     /// The worker's counters, taken on its own thread (waits for it, at most ~100 ms), or

@@ -98,6 +98,7 @@ public struct PcapReader {
             let body = o + 8
             switch type {
             case 1: // interface description
+                guard len >= 20 else { throw PcapError.truncated(frame: frame + 1) }
                 let link = UInt32(u16(b, body, little))
                 links.append(link)
                 var res = 1e-6
@@ -114,6 +115,7 @@ public struct PcapReader {
                 tsres.append(res)
             case 6: // enhanced packet
                 frame += 1
+                guard len >= 32 else { throw PcapError.truncated(frame: frame) }
                 let ifc = Int(u32(b, body, little))
                 guard ifc < links.count else { throw PcapError.truncated(frame: frame) }
                 try checkLink(links[ifc])
@@ -125,7 +127,7 @@ public struct PcapReader {
                 }
             case 3: // simple packet (interface 0, no timestamp)
                 frame += 1
-                guard let link = links.first else { throw PcapError.truncated(frame: frame) }
+                guard len >= 16, let link = links.first else { throw PcapError.truncated(frame: frame) }
                 let cap = min(Int(u32(b, body, little)), len - 16)
                 if let ip = strip(link, Array(b[(body + 4)..<(body + 4 + cap)])) {
                     out.append(CapturedPacket(time: 0, ip: ip, frame: frame))

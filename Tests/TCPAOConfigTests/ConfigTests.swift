@@ -180,6 +180,15 @@ import TCPAO
         #expect(d2.warnings.contains { $0.message.contains("not the RFC 5926 algorithm") })
     }
 
+    @Test func gatewayProtectedPrefixes() throws {
+        let gw = Self.contract.replacingOccurrences(of: "mode: host", with: "mode: gateway")
+        #expect(load(gw).1.warnings.contains { $0.message.contains("without protected-prefixes") })
+        let c = try #require(load(gw.replacingOccurrences(of: "threads: 2", with: "threads: 2\nprotected-prefixes: [198.51.100.0/24]")).0)
+        #expect(c.protectedPrefixes == [IPPrefix("198.51.100.0/24")!])
+        expectOne(gw.replacingOccurrences(of: "threads: 2", with: "threads: 2\nprotected-prefixes: [\"2001:db8:2::/64\"]"),
+                  contains: "no protected prefix is")
+    }
+
     @Test func rfc3339() {
         #expect(RFC3339.parse("1970-01-01T00:00:00Z") == 0)
         #expect(RFC3339.parse("2026-01-01T00:00:00Z") == 1_767_225_600)

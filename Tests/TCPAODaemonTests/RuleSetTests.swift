@@ -51,6 +51,20 @@ import TCPAOConfig
         #expect(!v6.contains("icmp")) // the peer accepts ICMP hard errors: nothing to queue
     }
 
+    @Test func gatewayRulesLimitedToTheProtectedHosts() throws {
+        let r = RuleSet(try config("""
+        mode: gateway
+        threads: 1
+        protected-prefixes: [198.51.100.0/24, "2001:db8:2::/64"]
+        peers:
+          - { name: far, prefix: 192.0.2.0/24, ports: [830], key-chain: k }
+        """))
+        let v4 = try #require(r.v4)
+        #expect(v4.contains("-A TCPAOD-FWD -s 198.51.100.0/24 -d 192.0.2.0/24 -p tcp -m multiport --ports 830"))
+        #expect(v4.contains("-A TCPAOD-FWD -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp -m multiport --ports 830"))
+        #expect(!v4.contains("2001:db8"))
+    }
+
     @Test func moreThanFifteenPortsSplitAcrossRules() throws {
         let ports = (1...20).map(String.init).joined(separator: ", ")
         let r = RuleSet(try config("peers:\n  - { name: p, prefix: 198.51.100.0/24, ports: [\(ports)], key-chain: k }"))

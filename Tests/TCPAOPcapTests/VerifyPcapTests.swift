@@ -138,6 +138,11 @@ import TCPAOTestSupport
         let got = try PcapReader.parse(shb + idb + epb)
         #expect(got.count == 1 && got[0].ip == ip && got[0].frame == 1)
         #expect(throws: PcapError.self) { try PcapReader.parse([1, 2, 3, 4, 5]) }
+        // Blocks too short for their type: an error, not a trap.
+        let shortSPB: [UInt8] = le32(3) + le32(12) + le32(12)
+        let shortEPB: [UInt8] = le32(6) + le32(12) + le32(12)
+        #expect(throws: PcapError.self) { try PcapReader.parse(shb + idb + shortSPB) }
+        #expect(throws: PcapError.self) { try PcapReader.parse(shb + idb + shortEPB) }
         #expect(throws: PcapError.self) { try PcapReader.parse(Array(PcapWriter.data([ip]).dropLast(3))) }
     }
 

@@ -212,6 +212,56 @@ import TCPAOTestSupport
         _ = c; _ = s
     }
 
+    /// A recorded SYN replayed into an established connection verifies (its MAC does not depend on
+    /// the connection's state) but must not reset it: the host's challenge ACK is signed with the
+    /// current keys and the connection goes on. A SYN-ACK acknowledging the new ISN (the host
+    /// accepted a new connection) switches the flow to it.
+    @Test func replayedSYNDoesNotKillTheConnection() {
+        let n = Self.nets[0]
+        var h = Self.hosts(n)
+        let c = PacketBuilder(src: n.a, dst: n.b, srcPort: 50123, dstPort: 830)
+        let s = c.reversed
+        let syn = h.send(c.segment(seq: 0x1000, flags: 0x02, options: PacketBuilder.synOptions()), from: .a).onWire!
+        _ = h.send(s.segment(seq: 0x7000, ack: 0x1001, flags: 0x12, options: PacketBuilder.synOptions()), from: .b)
+        _ = h.send(c.segment(seq: 0x1001, ack: 0x7001, flags: 0x10), from: .a)
+        #expect(h.inject(syn, to: .b).0 != .drop(.badMAC)) // the replay verifies...
+        let challenge = s.segment(seq: 0x7001, ack: 0x1001, flags: 0x10)
+        #expect(h.send(challenge, from: .b).delivered == challenge) // ...and the host's challenge ACK still goes out
+        let d = c.segment(seq: 0x1001, ack: 0x7001, flags: 0x18, payload: [1, 2, 3])
+        #expect(h.send(d, from: .a).delivered == d)
+        let e = s.segment(seq: 0x7001, ack: 0x1004, flags: 0x18, payload: [4])
+        #expect(h.send(e, from: .b).delivered == e)
+        // The peer really starts over: new SYN, and B's host accepts it with a SYN-ACK.
+        _ = h.send(c.segment(seq: 0x5_0000, flags: 0x02, options: PacketBuilder.synOptions()), from: .a)
+        let sa = h.send(s.segment(seq: 0x9_0000, ack: 0x5_0001, flags: 0x12, options: PacketBuilder.synOptions()), from: .b)
+        #expect(sa.delivered != nil)
+        #expect(h.send(c.segment(seq: 0x5_0001, ack: 0x9_0001, flags: 0x18, payload: [9]), from: .a).delivered != nil)
+    }
+
+    /// Gateway mode (no hook hint): only segments from a protected host toward a peer are
+    /// signed; a forwarded segment from elsewhere is none of tcpaod's business.
+    @Test func gatewaySignsOnlyForProtectedHosts() {
+        let cfg = EngineConfig(peers: [PeerPolicy(name: "far", prefix: IPPrefix("192.0.2.0/24")!, keyChain: testChain())],
+                               protectedPrefixes: [IPPrefix("198.51.100.0/24")!])
+        var g = AOEngine(config: cfg)
+        let clock = EngineClock(wall: 1_790_000_000, mono: 1)
+        func run(_ src: String) -> Verdict {
+            let b = PacketBuffer(PacketBuilder(src: src, dst: "192.0.2.7", srcPort: 4000, dstPort: 830).segment(seq: 1, flags: 0x02))
+            return g.process(b.pointer, length: b.length, capacity: b.capacity, hint: nil, clock: clock)
+        }
+        #expect(run("198.51.100.10") == .acceptModified(length: 56))
+        #expect(run("203.0.113.66") == .accept)
+        #expect(g.snapshot()["signed"] == 1 && g.snapshot()["passed-unmatched"] == 1)
+    }
+
+    @Test func migrationDoesNotCoverConnectionsThatAlreadySign() {
+        let n = Self.nets[0]
+        var h = TwoHosts(configA: testConfig(peer: n.prefixB, chain: testChain(), acceptKeyMismatch: true),
+                         configB: testConfig(peer: n.prefixA, chain: testChain()))
+        let (_, s, _, ss) = Self.established(&h, n)
+        #expect(h.inject(s.segment(seq: ss, flags: 0x04), to: .a).0 == .drop(.missingAO))
+    }
+
     @Test func sequenceNumbersAcrossTheWrap() {
         let n = Self.nets[0]
         var h = Self.hosts(n, .aes128CMAC_96)
@@ -320,17 +370,33 @@ import TCPAOTestSupport
         #expect(h.send(full, from: .a).egress == .drop(.noOptionSpace))
     }
 
+    /// The table holds at most max-flows: half-open and ended flows make room for new ones,
+    /// established connections are never evicted.
     @Test func flowTableIsBounded() {
         let n = Self.nets[0]
-        var h = TwoHosts(configA: testConfig(peer: n.prefixB, chain: testChain(), limits: FlowLimits(maxFlows: 8)),
+        var h = TwoHosts(configA: testConfig(peer: n.prefixB, chain: testChain(), limits: FlowLimits(maxFlows: 4)),
                          configB: testConfig(peer: n.prefixA, chain: testChain()))
-        for port in 0..<12 {
+        for port in 0..<4 { // four established connections fill A's table
             let c = PacketBuilder(src: n.a, dst: n.b, srcPort: UInt16(40000 + port), dstPort: 830)
-            let r = h.send(c.segment(seq: 1, flags: 0x02), from: .a)
-            #expect(r.egress == (port < 8 ? .acceptModified(length: 56) : .drop(.flowTableFull)))
+            _ = h.send(c.segment(seq: 1, flags: 0x02), from: .a)
+            _ = h.send(c.reversed.segment(seq: 9, ack: 2, flags: 0x12), from: .b)
         }
+        let extra = PacketBuilder(src: n.a, dst: n.b, srcPort: 41000, dstPort: 830)
+        #expect(h.send(extra.segment(seq: 1, flags: 0x02), from: .a).egress == .drop(.flowTableFull))
+        #expect(h.engineA.flowCount == 4)
+        // One ends (RST): its place goes to the next new connection.
+        let first = PacketBuilder(src: n.a, dst: n.b, srcPort: 40000, dstPort: 830)
+        _ = h.send(first.segment(seq: 2, ack: 10, flags: 0x14), from: .a)
+        #expect(h.send(extra.segment(seq: 1, flags: 0x02), from: .a).egress != .drop(.flowTableFull))
+        #expect(h.engineA.snapshot()["flows-evicted"] == 1)
+        // Half-open flows make room for each other (a SYN flood cannot lock the table).
+        for port in 0..<6 {
+            let c = PacketBuilder(src: n.a, dst: n.b, srcPort: UInt16(42000 + port), dstPort: 830)
+            #expect(h.send(c.segment(seq: 1, flags: 0x02), from: .a).egress != .drop(.flowTableFull))
+        }
+        #expect(h.engineA.flowCount == 4)
         h.engineA.expire(now: h.clock.mono + 76, budget: 1 << 20) // half-open flows time out
-        #expect(h.engineA.flowCount == 0)
+        #expect(h.engineA.flowCount == 3)
     }
 
     @Test func optionsExcludedFromTheMAC() {

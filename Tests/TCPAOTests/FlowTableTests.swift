@@ -36,23 +36,33 @@ import TCPAOTestSupport
         }
     }
 
-    /// Two workers' engines sharing one budget: the third connection is refused wherever it
-    /// lands, and a removed flow frees its place.
+    /// Two workers' engines sharing one budget: with both places taken by established
+    /// connections, a third is refused wherever it lands.
     @Test func sharedBudgetBoundsSeveralEngines() {
         let budget = FlowBudget(limit: 2)
-        let cfg = testConfig(peer: "198.51.100.0/24", chain: testChain(), limits: FlowLimits(maxFlows: 10, handshakeTimeout: 5))
-        var w1 = AOEngine(config: cfg, budget: budget), w2 = AOEngine(config: cfg, budget: budget)
+        let cfgA = testConfig(peer: "198.51.100.0/24", chain: testChain(), limits: FlowLimits(maxFlows: 10))
+        let cfgB = testConfig(peer: "192.0.2.0/24", chain: testChain())
+        var w1 = AOEngine(config: cfgA, budget: budget), w2 = AOEngine(config: cfgA, budget: budget)
+        var peer = AOEngine(config: cfgB)
         let clock = EngineClock(wall: 1_790_000_000, mono: 10)
-        func syn(_ e: inout AOEngine, _ port: UInt16) -> Verdict {
-            let b = PacketBuffer(PacketBuilder(src: "192.0.2.1", dst: "198.51.100.9", srcPort: port, dstPort: 830).segment(seq: 1, flags: 0x02))
-            return e.process(b.pointer, length: b.length, capacity: b.capacity, hint: .egress, clock: clock)
+        func pass(_ e: inout AOEngine, _ pkt: [UInt8], _ d: Direction) -> (Verdict, [UInt8]) {
+            let b = PacketBuffer(pkt)
+            let v = e.process(b.pointer, length: b.length, capacity: b.capacity, hint: d, clock: clock)
+            if case .acceptModified(let l) = v { b.setLength(l) }
+            return (v, b.bytes)
         }
-        #expect(syn(&w1, 1000) != .drop(.flowTableFull))
-        #expect(syn(&w2, 1001) != .drop(.flowTableFull))
-        #expect(syn(&w2, 1002) == .drop(.flowTableFull))
-        #expect(syn(&w1, 1003) == .drop(.flowTableFull))
-        w1.expire(now: 20, budget: 100) // the half-open flow times out and frees its place
-        #expect(budget.count == 1)
-        #expect(syn(&w2, 1004) != .drop(.flowTableFull))
+        func connect(_ e: inout AOEngine, _ port: UInt16) -> Verdict {
+            let c = PacketBuilder(src: "192.0.2.1", dst: "198.51.100.9", srcPort: port, dstPort: 830)
+            let (v, syn) = pass(&e, c.segment(seq: 1, flags: 0x02), .egress)
+            if case .drop = v { return v }
+            _ = pass(&peer, syn, .ingress)
+            let (_, sa) = pass(&peer, c.reversed.segment(seq: 7, ack: 2, flags: 0x12), .egress)
+            return pass(&e, sa, .ingress).0
+        }
+        #expect(connect(&w1, 1000) != .drop(.flowTableFull))
+        #expect(connect(&w2, 1001) != .drop(.flowTableFull))
+        #expect(budget.count == 2)
+        #expect(connect(&w2, 1002) == .drop(.flowTableFull))
+        #expect(connect(&w1, 1003) == .drop(.flowTableFull))
     }
 }

@@ -62,7 +62,13 @@ import TCPAOTestSupport
             let buf = PacketBuffer(pkt, capacity: pkt.count + 64)
             guard let seg = try? buf.segment() else { Issue.record("generator made a bad segment"); return }
             let aligned = (4 + macLen + 3) & ~3
-            guard seg.tcpHeaderLength + aligned <= 60 else { return } // would need SACK trimming
+            guard seg.tcpHeaderLength + aligned <= 60 else {
+                // Needs trimming: either it works (checked elsewhere) or the packet is untouched.
+                if (try? AOOption.insert(buf.pointer, capacity: buf.capacity, seg, macLength: macLen, keyID: kid, rnextKeyID: rnext)) == nil {
+                    #expect(buf.bytes == pkt)
+                }
+                return
+            }
             let ins = try! AOOption.insert(buf.pointer, capacity: buf.capacity, seg, macLength: macLen, keyID: kid, rnextKeyID: rnext)
             buf.setLength(ins.length)
             #expect(ins.hasAO && ins.aoLength == 4 + macLen && ins.payloadLength == seg.payloadLength)
@@ -72,6 +78,30 @@ import TCPAOTestSupport
             buf.setLength(out.length)
             #expect(buf.bytes == pkt)
         }
+    }
+
+    /// Found by checksumsStayValidAfterEveryEdit: a SYN with 28 bytes of options (MSS,
+    /// SACK-permitted and an experimental option twice, then EOL) has SACK-permitted trimmed and
+    /// still no room for AO. The insert must fail leaving the packet exactly as it was.
+    @Test func failedInsertLeavesThePacketUnchanged() throws {
+        let pkt: [UInt8] = [69, 0, 0, 68, 18, 52, 64, 0, 64, 6, 60, 73, 192, 0, 2, 1, 198, 51, 100, 2, 15, 160, 3, 62, 0, 0, 0, 0, 0, 0, 0, 0,
+                            192, 2, 250, 240, 61, 38, 0, 0, 4, 2, 2, 4, 5, 180, 254, 6, 249, 137, 1, 2, 2, 4, 5, 180, 4, 2, 254, 6, 249, 137,
+                            1, 2, 0, 0, 0, 0]
+        let buf = PacketBuffer(pkt, capacity: 200)
+        let seg = try buf.segment()
+        #expect(seg.checksumIsValid(buf.pointer))
+        #expect(throws: PacketError.noOptionSpace) {
+            try AOOption.insert(buf.pointer, capacity: buf.capacity, seg, macLength: 12, keyID: 1, rnextKeyID: 1)
+        }
+        #expect(buf.bytes == pkt)
+        // Room enough but no buffer to grow into: also unchanged.
+        let syn = PacketBuilder(src: "192.0.2.1", dst: "198.51.100.2", srcPort: 1, dstPort: 2)
+            .segment(seq: 1, flags: 0x02, options: PacketBuilder.synOptions() + [1, 1, 1, 1])
+        let small = PacketBuffer(syn, capacity: syn.count + 8)
+        #expect(throws: PacketError.noBufferSpace) {
+            try AOOption.insert(small.pointer, capacity: small.capacity, try small.segment(), macLength: 12, keyID: 1, rnextKeyID: 1)
+        }
+        #expect(small.bytes == syn)
     }
 
     @Test func checksumsStayValidAfterEveryEdit() async {

@@ -357,7 +357,8 @@ def gateway_mode_protects_an_unmodified_host():
         alg = "aes-128-cmac-96"
         k = [key_yaml(1, 1, 1, alg, SECRET)]
         ca = write_config("a", [("h", "198.51.100.0/24", [830]), ("h6", "2001:db8:2::/64", [830])], k)
-        cg = write_config("g", [("a", "192.0.2.0/24", [830]), ("a6", "2001:db8:1::/64", [830])], k, mode="gateway")
+        cg = write_config("g", [("a", "192.0.2.0/24", [830]), ("a6", "2001:db8:1::/64", [830])], k, mode="gateway",
+                          extra="protected-prefixes: [198.51.100.0/24, \"2001:db8:2::/64\"]\n")
         da, dg = Daemon(a, ca, "a"), Daemon(g, cg, "g")
         for addr in ("198.51.100.1", "2001:db8:2::1"):
             wire, inside = Capture(a, "va", "tcp port 830"), Capture(h, "vh", "tcp port 830")
@@ -768,6 +769,40 @@ def both_firewall_backends():
             db.stop()
             check("TCPAOD" not in a.run([backend, "-t", "mangle", "-S"]).stdout, "%s: rules left" % backend)
             log("    %s: installed, protected a transfer, removed" % backend)
+    finally:
+        topo.close()
+
+
+@test
+def reload_replaces_rules_in_place():
+    """SIGHUP with changed peers replaces tcpaod's chains in one iptables-restore transaction:
+    the jumps stay (one each), IPv6 rules appear when an IPv6 peer is added, traffic to the new
+    peer is protected at once; a reload with errors keeps everything as it was."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        k = [key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)]
+        ca = write_config("a", [("b", "192.0.2.2/32", [830])], k)
+        cb = write_config("b", [("a", "192.0.2.1/32", None), ("a6", "2001:db8:1::1/128", None)], k)
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        check("TCPAOD" not in a.run(["ip6tables", "-t", "mangle", "-S"]).stdout, "IPv6 rules without an IPv6 peer")
+        write_config("a", [("b", "192.0.2.2/32", [830, 9339]), ("b6", "2001:db8:1::2/128", None)], k)
+        da.hup()
+        time.sleep(1.5)
+        v4, v6 = a.run(["iptables", "-t", "mangle", "-S"]).stdout, a.run(["ip6tables", "-t", "mangle", "-S"]).stdout
+        check(v4.count("-j TCPAOD-OUT") == 1 and v4.count("-j TCPAOD-IN") == 1, "jumps duplicated or lost:\n%s" % v4)
+        check("830,9339" in v4 and "2001:db8:1::2/128" in v6, "rules not replaced:\n%s\n%s" % (v4, v6))
+        _, intact = transfer(a, b, "2001:db8:1::2", 9339, 500000)
+        check(intact and counter(da.stats(), "signed", "b6") > 0, "the new IPv6 peer is not protected")
+        with open(ca, "a") as f:
+            f.write("bogus: 1\n")
+        da.hup()
+        time.sleep(1.5)
+        check(a.run(["iptables", "-t", "mangle", "-S"]).stdout == v4, "a failed reload changed the rules")
+        check("reload of" in da.log() and "failed" in da.log(), "the failed reload was not logged")
+        log("    reload: chains refilled in place (one jump each), IPv6 rules added, new peer protected; a bad file changed nothing")
+        da.stop()
+        db.stop()
     finally:
         topo.close()
 
