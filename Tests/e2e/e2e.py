@@ -269,7 +269,10 @@ class Capture:
         time.sleep(0.3)
 
     def stop(self):
-        time.sleep(0.3)
+        # libpcap's TPACKET_V3 ring hands a block to tcpdump only when it is full or its retire
+        # timer (tcpdump's 1000 ms timeout) fires; a SIGINT before that loses the whole block, so
+        # a short session (an ssh login on a fast machine) could leave an empty capture.
+        time.sleep(1.3)
         self.p.send_signal(signal.SIGINT)
         err = self.p.communicate(timeout=10)[1].decode()
         m = re.search(r"(\d+) packets dropped by kernel", err)
