@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "CMallocCounter"),
         .executableTarget(name: "tcpaod-microbench", dependencies: ["TCPAO", "TCPAOTestSupport", "CMallocCounter"]),
         .testTarget(name: "TCPAOTests", dependencies: [
-            "TCPAO", "TCPAOTestSupport", .product(name: "PropertyBased", package: "swift-property-based"),
+            "TCPAO", "TCPAOTestSupport", "CLibCrypto", .product(name: "PropertyBased", package: "swift-property-based"),
         ], resources: [.copy("Resources")]),
         .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig"]),
         .testTarget(name: "TCPAODaemonTests", dependencies: ["TCPAODaemon", "TCPAOConfig", "TCPAO"]),

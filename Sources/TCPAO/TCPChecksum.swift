@@ -27,8 +27,18 @@ enum TCPChecksum {
         var s = UInt32(~c)
         s = InternetChecksum.subtract(s, removed)
         s = InternetChecksum.add(s, added)
-        store16(p, tcpOffset + 16, InternetChecksum.finish(s))
+        store16(p, tcpOffset + 16, wireForm(InternetChecksum.finish(s)))
     }
+
+    /// The checksum as tcpaod writes it: a computed 0x0000 goes out as 0xFFFF, the other
+    /// ones'-complement zero. Both verify (RFC 1071 2: the sum over the segment, checksum
+    /// included, is all ones either way; RFC 1624 3 discusses the two forms). Linux 6.12's
+    /// TCP-AO counts segments carrying 0x0000 as pkt_bad and drops them, though their MAC is right
+    /// (found by the interop harness: every such segment, byte-identical on both sides of the
+    /// guest's NIC, checked by verify-pcap and scapy); a retransmission carries the same bytes, so
+    /// the connection stalls. With 0xFFFF the kernel accepts them.
+    @inline(__always)
+    static func wireForm(_ c: UInt16) -> UInt16 { c == 0 ? 0xFFFF : c }
 
     /// Adds the contribution of bytes that were zero and now are not (the MAC field).
     @inline(__always)
@@ -71,9 +81,11 @@ enum TCPChecksum {
 }
 
 extension TCPSegment {
-    /// True when the TCP checksum in the packet is right.
+    /// True when the TCP checksum in the packet is right (either form of zero, RFC 1071).
     public func checksumIsValid(_ p: UnsafeRawPointer) -> Bool {
-        TCPChecksum.compute(p, self) == load16(p, tcpOffset + 16)
+        let c = TCPChecksum.compute(p, self)
+        let stored = load16(p, tcpOffset + 16)
+        return stored == c || (c == 0 && stored == 0xFFFF)
     }
 
     /// Recomputes the TCP checksum from scratch (tests, pcap fixtures).

@@ -30,6 +30,28 @@ import TCPAOTestSupport
         }
     }
 
+    /// A segment whose checksum computes to 0x0000 leaves an edit with 0xFFFF, which still
+    /// verifies (Linux 6.12's TCP-AO drops segments carrying 0x0000; see TCPChecksum.wireForm).
+    @Test func zeroChecksumIsWrittenAsAllOnes() throws {
+        for b in [Self.b4, Self.b6] {
+            var p = b.segment(seq: 7, ack: 9, flags: 0x18, options: PacketBuilder.tsOptions(), payload: [0, 0] + Array(repeating: 0x41, count: 98))
+            let s = try parse(p).get()
+            let at = s.tcpOffset + s.tcpHeaderLength
+            // Choose the first payload word so that the segment's sum is all ones: checksum 0.
+            p.withUnsafeMutableBytes { m in
+                let sum0 = UInt16(~TCPChecksum.compute(m.baseAddress!, s))
+                store16(m.baseAddress!, at, ~sum0)
+                s.recomputeChecksum(m.baseAddress!)
+                #expect(load16(m.baseAddress!, s.tcpOffset + 16) == 0)
+                TCPChecksum.replace(m.baseAddress!, tcpOffset: s.tcpOffset, removed: 0, added: 0)
+                #expect(load16(m.baseAddress!, s.tcpOffset + 16) == 0xFFFF)
+                #expect(s.checksumIsValid(m.baseAddress!))
+            }
+            // Signing it keeps a valid checksum in its written form.
+            #expect(p.withUnsafeBytes { s.checksumIsValid($0.baseAddress!) })
+        }
+    }
+
     @Test func truncatedAnywhere() {
         for b in [Self.b4, Self.b6] {
             let p = b.segment(seq: 1, flags: 0x02, options: PacketBuilder.synOptions())
