@@ -36,7 +36,10 @@ enum TCPChecksum {
     /// TCP-AO counts segments carrying 0x0000 as pkt_bad and drops them, though their MAC is right
     /// (found by the interop harness: every such segment, byte-identical on both sides of the
     /// guest's NIC, checked by verify-pcap and scapy); a retransmission carries the same bytes, so
-    /// the connection stalls. With 0xFFFF the kernel accepts them.
+    /// the connection stalls. The cause is in net/ipv4/tcp_ao.c, tcp_ao_hash_pseudoheader():
+    /// "Can we rely on checksum being zero to mean outbound pkt?" — a zero th->check is taken for
+    /// an outbound segment, so an inbound one is hashed with the pseudo-header's addresses
+    /// swapped (sk_daddr as destination). With 0xFFFF the kernel takes the inbound branch.
     @inline(__always)
     static func wireForm(_ c: UInt16) -> UInt16 { c == 0 ? 0xFFFF : c }
 
