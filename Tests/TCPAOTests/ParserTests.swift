@@ -47,7 +47,7 @@ import TCPAOTestSupport
                 #expect(load16(m.baseAddress!, s.tcpOffset + 16) == 0xFFFF)
                 #expect(s.checksumIsValid(m.baseAddress!))
             }
-            // Signing it keeps a valid checksum in its written form.
+            // The written form is what the packet holds afterwards, not only the closure's view.
             #expect(p.withUnsafeBytes { s.checksumIsValid($0.baseAddress!) })
         }
     }
