@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "TCPAOTests", dependencies: [
             "TCPAO", "TCPAOTestSupport", "CLibCrypto", .product(name: "PropertyBased", package: "swift-property-based"),
         ], resources: [.copy("Resources")]),
-        .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig"]),
+        .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig", "TCPAO", "TCPAOTestSupport"]),
         .testTarget(name: "TCPAODaemonTests", dependencies: ["TCPAODaemon", "TCPAOConfig", "TCPAO"]),
         .testTarget(name: "TCPAOPcapTests", dependencies: ["TCPAOPcap", "TCPAOConfig", "TCPAO", "TCPAOTestSupport"],
                     resources: [.copy("Resources")]),

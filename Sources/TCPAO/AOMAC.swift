@@ -73,6 +73,10 @@ public enum AOMAC {
     public static func sign(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, key: borrowing MACKey, sne: UInt32,
                             includeOptions: Bool) {
         let macLen = key.algorithm.macLength
+        // The MAC is written into the option's MAC field and nowhere else: a key whose MAC length
+        // differs from the field's would overwrite the payload (or leave stale bytes).
+        precondition(seg.aoOffset >= 0 && seg.aoMACLength == macLen,
+                     "AOMAC.sign: the option's MAC field (\(seg.aoMACLength) bytes) does not fit the key's MAC (\(macLen) bytes)")
         withUnsafeTemporaryAllocation(byteCount: Spec.maxMACLength, alignment: 8) { out in
             compute(p, seg, key: key, sne: sne, includeOptions: includeOptions, into: out.baseAddress!)
             (p + seg.aoOffset + Spec.aoHeaderLength).copyMemory(from: out.baseAddress!, byteCount: macLen)

@@ -104,8 +104,10 @@ public struct AOEngine: ~Copyable {
     /// (a signed segment grows by the AO option). `hint` is the direction when the caller knows
     /// it (host mode: OUTPUT is egress, INPUT ingress); otherwise the peer prefixes decide.
     /// `mtu` is the MTU toward the peer when known (0 otherwise), for MSS clamping.
+    /// `fromLoopback`: the packet arrived on the loopback interface, so this host's own stack
+    /// sent it (an ICMP error it raised itself is no off-path attack, RFC 5925 7.8).
     public mutating func process(_ p: UnsafeMutableRawPointer, length: Int, capacity: Int, hint: Direction?,
-                                 mtu: Int = 0, clock: EngineClock) -> Verdict {
+                                 mtu: Int = 0, fromLoopback: Bool = false, clock: EngineClock) -> Verdict {
         counters.bump(.packets, peer: -1)
         // Passthrough (the benchmark's ceiling): the same I/O as TCP-AO, every packet going
         // back with its verdict, but no TCP-AO work.
@@ -117,6 +119,12 @@ public struct AOEngine: ~Copyable {
         }
         if ip.protocolNumber != Spec.ipProtoTCP {
             if ip.protocolNumber == Spec.ipProtoICMP || ip.protocolNumber == Spec.ipProtoICMPv6 {
+                // The host's own "fragmentation needed" / "packet too big" for a segment that
+                // grew past the MTU once signed: its stack must see it to shrink the segments.
+                if fromLoopback {
+                    counters.bump(.passedICMP, peer: -1)
+                    return .accept
+                }
                 return icmp(p, length: length)
             }
             counters.bump(.passedUnmatched, peer: -1)
@@ -197,12 +205,14 @@ public struct AOEngine: ~Copyable {
             let k = MACKey(algorithm: alg, key: tk)
             AOMAC.sign(p, s, key: k, sne: plan.sne, includeOptions: includeOptions)
         } else {
-            if table.entries[i].send == nil || table.entries[i].sendSerial != serial {
+            // The cached context is this MKT's only if the serial and the algorithm match.
+            if table.entries[i].send == nil || table.entries[i].sendSerial != serial || table.entries[i].sendAlgorithm != alg {
                 let st = table.entries[i].state
                 let tk = chain.keys[plan.mkt].master.deriveTrafficKey(KDFContext(src: s.src, dst: s.dst, srcPort: s.srcPort, dstPort: s.dstPort,
                                                                                  srcISN: st.localISN ?? 0, dstISN: st.remoteISN ?? 0))
                 table.entries[i].send = MACKey(algorithm: alg, key: tk)
                 table.entries[i].sendSerial = serial
+                table.entries[i].sendAlgorithm = alg
             }
             AOMAC.sign(p, s, key: table.entries[i].send!, sne: plan.sne, includeOptions: includeOptions)
         }
@@ -261,7 +271,8 @@ public struct AOEngine: ~Copyable {
                                                                              srcISN: seg.seq, dstISN: 0))
             let k = MACKey(algorithm: alg, key: tk)
             ok = AOMAC.verify(p, seg, key: k, sne: plan.sne, includeOptions: includeOptions)
-        } else if let i = found, !seg.isSYN, table.entries[i].recv != nil, table.entries[i].recvSerial == serial {
+        } else if let i = found, !seg.isSYN, table.entries[i].recv != nil, table.entries[i].recvSerial == serial,
+                  table.entries[i].recvAlgorithm == alg {
             ok = AOMAC.verify(p, seg, key: table.entries[i].recv!, sne: plan.sne, includeOptions: includeOptions)
         } else {
             // Receive_other_traffic_key: for a SYN-ACK the peer's ISN is the segment's own.
@@ -291,6 +302,7 @@ public struct AOEngine: ~Copyable {
         if fresh != nil {
             table.entries[i].recv = fresh.take()
             table.entries[i].recvSerial = serial
+            table.entries[i].recvAlgorithm = alg
         }
         counters.bump(.verified, peer: peer)
         counters.bump(.verified, peer: peer, key: plan.mkt)
@@ -299,10 +311,13 @@ public struct AOEngine: ~Copyable {
         if s.isSYN && s.mssOffset >= 0 {
             // The protected host sizes its segments by the MSS the peer announced; each will grow
             // by our TCP-AO option, so announce less (and never more than the MTU allows).
+            // Room is reserved for the longest key of the chain, so a key rolled in later can
+            // be used without exceeding the MTU; current_key stays on keys that fit it.
             let ao = config.peers[peer].maxAlignedOptionLength
             var limit = Int(s.mss(p) ?? 0) - ao
             if mtu > 0 { limit = min(limit, mtu - s.tcpOffset - Spec.tcpMinHeaderLength - ao) }
             if limit > 0 && AOOption.clampMSS(p, s, to: UInt16(limit)) { counters.bump(.mssClamped, peer: peer) }
+            if limit > 0 { table.entries[i].state.reservedOptionLength = UInt8(ao) }
         }
         return .acceptModified(length: s.length)
     }
@@ -366,13 +381,6 @@ public struct AOEngine: ~Copyable {
     /// The state of one connection (tests, control commands).
     public func flowState(_ k: FlowKey) -> FlowState? {
         table.find(k, hash: table.hash(k)).map { table.entries[$0].state }
-    }
-
-    /// Every flow's key and state (control commands, saving state).
-    public func allFlows() -> [(FlowKey, FlowState)] {
-        var out: [(FlowKey, FlowState)] = []
-        for i in 0..<table.highWater where table.live[i] { out.append((table.entries[i].key, table.entries[i].state)) }
-        return out
     }
 
     mutating func removeFlow(at i: Int) {

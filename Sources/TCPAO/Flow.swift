@@ -113,10 +113,15 @@ public struct FlowState: Sendable, Hashable, Codable {
     /// Monotonic seconds of the last segment, and of the end (FIN exchange or RST).
     public var lastSeen: UInt32
     public var endedAt: UInt32 = 0
+    /// The option space reserved for this connection when the peer's SYN or SYN-ACK had its MSS
+    /// lowered (the longest option of the peer's key chain then): the protected host's
+    /// full-size segments fit the MTU only with an option at most this long, so current_key is
+    /// kept on a key that fits (RFC 5925 7.6: the MSS must account for TCP-AO). 0: nothing
+    /// reserved yet, every key fits.
+    public var reservedOptionLength: UInt8 = 0
 
     /// RFC 5925 7.8's synchronized states: ESTABLISHED through TIME-WAIT.
     public var isSynchronized: Bool { phase == .established || phase == .finishing || phase == .finished }
-    public var hasEnded: Bool { phase == .finished || phase == .reset }
 
     public init(phase: Phase, now: UInt32) {
         self.phase = phase
@@ -148,8 +153,11 @@ public struct FlowState: Sendable, Hashable, Codable {
         if seg.isSYN {
             // SYN-ACK: answers the peer's SYN, so the peer's ISN must be known.
             if let pending = pendingRemoteISN, seg.ack == pending &+ 1 {
-                // The host accepted a new connection on this 4-tuple: start over with its ISNs.
+                // The host accepted a new connection on this 4-tuple: start over with its ISNs
+                // (the new SYN's MSS was lowered when it arrived: keep that reservation).
+                let reserved = reservedOptionLength
                 self = FlowState(phase: .synReceived, now: mono)
+                reservedOptionLength = reserved
                 remoteISN = pending
                 recvSNE = SNETracker(isn: pending)
             }
@@ -175,16 +183,29 @@ public struct FlowState: Sendable, Hashable, Codable {
     /// with that key (7.5 step 2.e; this also covers a reload that brings the key the peer asked
     /// for earlier); otherwise current_key is kept while its send lifetime lasts, and replaced
     /// by the preferred key when it ends (never sign with an expired key).
+    ///
+    /// A key whose option is longer than the space reserved at the handshake
+    /// (`reservedOptionLength`) is chosen only when no key that fits may be sent with: the
+    /// protected host's full-size segments would exceed the MTU once signed. (Then the host's
+    /// own stack answers "fragmentation needed" and its path MTU shrinks.)
     @inline(__always)
     mutating func currentSendKey(chain: KeyChain, wall: Int64) -> Int? {
-        if let r = peerRNextKeyID, r != currentSendID, let k = chain.sendKey(sendID: r, at: wall) {
-            currentSendID = r
+        let room = Int(reservedOptionLength)
+        if let k = pickSendKey(chain: chain, wall: wall, room: room) ?? (room > 0 ? pickSendKey(chain: chain, wall: wall, room: 0) : nil) {
+            currentSendID = chain.keys[k].sendID
             return k
         }
-        if let id = currentSendID, let k = chain.sendKey(sendID: id, at: wall) { return k }
-        guard let k = chain.preferredSendKey(at: wall) else { return nil }
-        currentSendID = chain.keys[k].sendID
-        return k
+        return nil
+    }
+
+    /// current_key's rules among the keys that fit `room` (0: all keys): the peer's RNextKeyID,
+    /// else the current key, else our preferred one.
+    @inline(__always)
+    func pickSendKey(chain: KeyChain, wall: Int64, room: Int) -> Int? {
+        @inline(__always) func fits(_ k: Int) -> Bool { room == 0 || chain.keys[k].algorithm.alignedOptionLength <= room }
+        if let r = peerRNextKeyID, r != currentSendID, let k = chain.sendKey(sendID: r, at: wall), fits(k) { return k }
+        if let id = currentSendID, let k = chain.sendKey(sendID: id, at: wall), fits(k) { return k }
+        return chain.preferredSendKey(at: wall, fitting: room)
     }
 
     // MARK: ingress (RFC 5925 7.5)
@@ -246,8 +267,11 @@ public struct FlowState: Sendable, Hashable, Codable {
         if let r = rnextKeyID {
             peerRNextKeyID = r
             // 7.5 step 2.e: the peer asks for the MKT whose SendID is RNextKeyID; switch
-            // current_key when we have it and may send with it.
-            if r != currentSendID, chain.sendKey(sendID: r, at: wall) != nil { currentSendID = r }
+            // current_key when we have it, may send with it, and it fits the reserved space.
+            if r != currentSendID, let k = chain.sendKey(sendID: r, at: wall),
+               reservedOptionLength == 0 || chain.keys[k].algorithm.alignedOptionLength <= Int(reservedOptionLength) {
+                currentSendID = r
+            }
         }
         noteEnd(seg, local: false, mono: mono)
     }

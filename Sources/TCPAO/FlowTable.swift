@@ -9,12 +9,15 @@ struct FlowEntry: ~Copyable {
     var hash: UInt32
     var peer: Int32
     var state: FlowState
-    /// Send_other_traffic_key context, and the serial of the MKT it was derived from.
+    /// Send_other_traffic_key context, and the serial and algorithm of the MKT it was derived
+    /// from: reused only for that MKT (serials are never reused, `MKT.serial`) and algorithm.
     var send: MACKey? = nil
-    var sendSerial: UInt32 = 0
-    /// Receive_other_traffic_key context, its MKT's serial.
+    var sendSerial: UInt64 = 0
+    var sendAlgorithm = AOAlgorithm.hmacSHA1_96
+    /// Receive_other_traffic_key context, its MKT's serial and algorithm.
     var recv: MACKey? = nil
-    var recvSerial: UInt32 = 0
+    var recvSerial: UInt64 = 0
+    var recvAlgorithm = AOAlgorithm.hmacSHA1_96
 
     init(key: FlowKey, hash: UInt32, peer: Int, state: FlowState) {
         self.key = key

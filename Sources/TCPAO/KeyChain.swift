@@ -1,3 +1,9 @@
+import Synchronization
+
+/// Where MKT serials come from: a process-wide counter, so no two MKTs made by this process
+/// ever share a serial, whatever sequence of reloads (and rolled-back reloads) made them.
+private let mktSerials = Atomic<UInt64>(0)
+
 /// A time interval in seconds since the Unix epoch, [start, end). RFC 8177 key chain lifetimes.
 public struct Lifetime: Sendable, Hashable, Codable, CustomStringConvertible {
     public var start: Int64
@@ -34,12 +40,14 @@ public struct MKT: Sendable, CustomStringConvertible {
     public var sendLifetime: Lifetime
     public var acceptLifetime: Lifetime
     public let master: MasterKey
-    /// Identity across configuration reloads: an MKT whose parameters and secret did not change
-    /// keeps its serial, so traffic keys cached in flows stay valid.
-    public var serial: UInt32
+    /// The identity of the key material for the life of the process: traffic-key contexts cached
+    /// in flows are tagged with it. Every MKT made gets a serial no other MKT ever had; a reload
+    /// hands an unchanged key (`sameKey`) its old serial (`KeyChain.withSerials`), so flows keep
+    /// their cached contexts, and nothing else can ever match a cached context's serial.
+    public internal(set) var serial: UInt64
 
     public init(keyID: UInt64, sendID: UInt8, recvID: UInt8, algorithm: AOAlgorithm, includeOptions: Bool = true,
-                sendLifetime: Lifetime = .always, acceptLifetime: Lifetime = .always, secret: Secret, serial: UInt32 = 0) {
+                sendLifetime: Lifetime = .always, acceptLifetime: Lifetime = .always, secret: Secret) {
         self.keyID = keyID
         self.sendID = sendID
         self.recvID = recvID
@@ -48,7 +56,7 @@ public struct MKT: Sendable, CustomStringConvertible {
         self.sendLifetime = sendLifetime
         self.acceptLifetime = acceptLifetime
         self.master = MasterKey(algorithm: algorithm, secret: secret)
-        self.serial = serial
+        self.serial = mktSerials.add(1, ordering: .relaxed).newValue
     }
 
     public var secret: Secret { master.original }
@@ -77,19 +85,26 @@ public final class KeyChain: Sendable {
         self.keys = keys
     }
 
-    /// The same chain with other serials (configuration reloads).
-    public func withSerials(_ serials: [UInt32]) -> KeyChain {
+    /// The same chain, where each key that is `sameKey` as one of `previous` (the keys of the
+    /// configuration being replaced) takes that key's serial, so connections keep their cached
+    /// traffic-key contexts across a reload. Every other key keeps its own, never-used serial.
+    public func inheritingSerials(from previous: [MKT]) -> KeyChain {
+        guard !previous.isEmpty else { return self }
         var k = keys
-        for i in k.indices { k[i].serial = serials[i] }
+        for i in k.indices {
+            if let o = previous.first(where: { $0.sameKey(as: k[i]) }) { k[i].serial = o.serial }
+        }
         return KeyChain(name: name, keys: k)
     }
 
     /// The MKT we prefer to send with at `now`: among the keys whose send lifetime contains `now`,
     /// the one whose send lifetime started last (a newly rolled-in key wins); ties go to the key
     /// listed last. Nil when no key may be sent with.
-    public func preferredSendKey(at now: Int64) -> Int? {
+    /// With `fitting` > 0, only keys whose option (padded) is at most that long are considered.
+    public func preferredSendKey(at now: Int64, fitting room: Int = 0) -> Int? {
         var best: Int? = nil
         for i in keys.indices where keys[i].sendLifetime.contains(now) {
+            if room > 0 && keys[i].algorithm.alignedOptionLength > room { continue }
             if let b = best, keys[b].sendLifetime.start > keys[i].sendLifetime.start { continue }
             best = i
         }
@@ -111,6 +126,12 @@ public final class KeyChain: Sendable {
     public func acceptKey(recvID: UInt8, at now: Int64) -> Int? {
         for i in keys.indices where keys[i].recvID == recvID && keys[i].acceptLifetime.contains(now) { return i }
         return nil
+    }
+
+    /// The most option space a segment signed with any key of this chain can need (the MSS
+    /// reservation made at a connection's handshake, RFC 5925 7.6).
+    public var longestOptionLength: Int {
+        keys.map(\.algorithm.alignedOptionLength).max() ?? AOAlgorithm.hmacSHA1_96.alignedOptionLength
     }
 
     /// Whether any key has this RecvID, valid now or not (to tell "unknown KeyID" from "expired").

@@ -48,6 +48,11 @@ public struct Configuration: Sendable {
     /// Gateway mode: the hosts this gateway protects. Only segments from them toward a peer are
     /// signed, only segments from a peer toward them are verified; empty means any address.
     public var protectedPrefixes: [IPPrefix] = []
+    /// Host mode: also queue TCP over the loopback interface. Off by default: connections
+    /// between this host's own sockets do not need TCP-AO, and a peer prefix that covers the
+    /// host's own addresses (0.0.0.0/0, ::/0) would otherwise queue them too, which stalls
+    /// loopback bulk transfers.
+    public var protectLoopback = false
     public var keyChains: [KeyChain] = []
     public var peers: [PeerPolicy] = []
 

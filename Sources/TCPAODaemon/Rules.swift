@@ -6,7 +6,8 @@ import TCPAOConfig
 /// errors, RFC 5925 7.8) to tcpaod's queues. They live in tcpaod's own chains of the mangle
 /// table, jumped to from the first position of the built-in chains: mangle runs before filter,
 /// so the operator's filter rules still apply to what tcpaod accepts (an NFQUEUE accept ends
-/// the traversal of the table it was given in).
+/// the traversal of the table it was given in). In host mode the loopback interface is left
+/// out (`! -o lo`, `! -i lo`) unless `protect-loopback: true`.
 public struct RuleSet: Sendable, Equatable {
     public static let table = "mangle"
     public static let comment = "tcpaod"
@@ -43,9 +44,14 @@ public struct RuleSet: Sendable, Equatable {
         var out = ["*\(table)"]
         for (_, c) in chains { out.append(":\(c) - [0:0]") }
         for (builtin, c) in chains { out.append("-I \(builtin) 1 -m comment --comment \(comment) -j \(c)") }
-        // (chain, address match) for the segments toward the peer (egress) and from it (ingress).
+        // The chains for the segments toward the peer (egress) and from it (ingress).
         let egress = cfg.mode == .host ? "TCPAOD-OUT" : "TCPAOD-FWD"
         let ingress = cfg.mode == .host ? "TCPAOD-IN" : "TCPAOD-FWD"
+        // Host mode leaves the loopback interface alone unless protect-loopback: a peer prefix
+        // that covers the host's own addresses would otherwise queue its local connections
+        // too. (Forwarded traffic never crosses lo, so FORWARD needs no such match.)
+        let skipLoopback = cfg.mode == .host && !cfg.protectLoopback
+        let notOutLo = skipLoopback ? " ! -o lo" : "", notInLo = skipLoopback ? " ! -i lo" : ""
         for p in peers {
             var portMatches = [""]
             if !p.ports.isEmpty {
@@ -61,8 +67,8 @@ public struct RuleSet: Sendable, Equatable {
             for local in locals {
                 let from = local.map { " -s \($0)" } ?? "", to = local.map { " -d \($0)" } ?? ""
                 for pm in portMatches {
-                    out.append("-A \(egress)\(from) -d \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
-                    out.append("-A \(ingress) -s \(p.prefix)\(to) -p tcp\(pm)\(note) -j \(target)")
+                    out.append("-A \(egress)\(notOutLo)\(from) -d \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
+                    out.append("-A \(ingress)\(notInLo) -s \(p.prefix)\(to) -p tcp\(pm)\(note) -j \(target)")
                 }
             }
         }
@@ -72,7 +78,7 @@ public struct RuleSet: Sendable, Equatable {
             let codes = v6 ? ["1/1", "1/4"] : ["3/2", "3/3", "3/4"]
             for c in codes {
                 let m = v6 ? "-p ipv6-icmp -m icmp6 --icmpv6-type \(c)" : "-p icmp -m icmp --icmp-type \(c)"
-                out.append("-A \(ingress) \(m) -m comment --comment \"tcpaod icmp hard error\" -j \(target)")
+                out.append("-A \(ingress)\(notInLo) \(m) -m comment --comment \"tcpaod icmp hard error\" -j \(target)")
             }
         }
         out.append("COMMIT")
@@ -160,26 +166,15 @@ public struct Firewall: Sendable {
     }
 
     func remove(v6: Bool) {
-        do {
-            let t = tool(v6, restore: false)
-            for (builtin, chain) in RuleSet.allChains {
-                for _ in 0..<16 {
-                    let (rc, _) = Firewall.run(t, ["-w", "-t", RuleSet.table, "-D", builtin, "-m", "comment", "--comment", RuleSet.comment, "-j", chain])
-                    if rc != 0 { break }
-                }
-                Firewall.run(t, ["-w", "-t", RuleSet.table, "-F", chain])
-                Firewall.run(t, ["-w", "-t", RuleSet.table, "-X", chain])
+        let t = tool(v6, restore: false)
+        for (builtin, chain) in RuleSet.allChains {
+            // Every jump to the chain (up to 16, should several runs have left one each).
+            for _ in 0..<16 {
+                let (rc, _) = Firewall.run(t, ["-w", "-t", RuleSet.table, "-D", builtin, "-m", "comment", "--comment", RuleSet.comment, "-j", chain])
+                if rc != 0 { break }
             }
+            Firewall.run(t, ["-w", "-t", RuleSet.table, "-F", chain])
+            Firewall.run(t, ["-w", "-t", RuleSet.table, "-X", chain])
         }
-    }
-
-    /// Whether any of tcpaod's chains exists (tests, `tcpaod rules --status`).
-    public func installed() -> Bool {
-        for v6 in [false, true] {
-            for (_, chain) in RuleSet.allChains {
-                if Firewall.run(tool(v6, restore: false), ["-w", "-t", RuleSet.table, "-n", "-L", chain]).0 == 0 { return true }
-            }
-        }
-        return false
     }
 }

@@ -12,15 +12,65 @@ import Glibc
 public struct IOStats: Codable, Sendable {
     public var queue: Int
     public var batches: UInt64 = 0
+    /// Packets that got a verdict: accepted + modified + dropped.
     public var packets: UInt64 = 0
     public var accepted: UInt64 = 0
     public var modified: UInt64 = 0
     public var dropped: UInt64 = 0
+    /// Packets the kernel did not copy whole (or without payload): dropped.
     public var truncated: UInt64 = 0
+    /// Packet messages that could not be parsed (a bad attribute, cut short by the receive);
+    /// those whose packet id could be read were dropped (and are counted in `dropped` too).
+    public var malformedMessages: UInt64 = 0
+    /// NLMSG_ERROR messages from the kernel refusing a verdict (logged at most every 10 s).
+    public var netlinkErrors: UInt64 = 0
     public var enobufs: UInt64 = 0
+    /// Receives that failed with anything but EAGAIN, EINTR or ENOBUFS.
+    public var receiveErrors: UInt64 = 0
     public var sendErrors: UInt64 = 0
+    /// Messages that are neither packets nor errors (NLMSG_NOOP, NLMSG_DONE, acks, other types).
     public var foreignMessages: UInt64 = 0
     public var flows: Int = 0
+
+    public init(queue: Int) {
+        self.queue = queue
+    }
+
+    // Counters missing from a stats file (written by an older tcpaod still running) read as 0.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func n(_ k: CodingKeys) throws -> UInt64 { try c.decodeIfPresent(UInt64.self, forKey: k) ?? 0 }
+        queue = try c.decode(Int.self, forKey: .queue)
+        batches = try n(.batches)
+        packets = try n(.packets)
+        accepted = try n(.accepted)
+        modified = try n(.modified)
+        dropped = try n(.dropped)
+        truncated = try n(.truncated)
+        malformedMessages = try n(.malformedMessages)
+        netlinkErrors = try n(.netlinkErrors)
+        enobufs = try n(.enobufs)
+        receiveErrors = try n(.receiveErrors)
+        sendErrors = try n(.sendErrors)
+        foreignMessages = try n(.foreignMessages)
+        flows = try c.decodeIfPresent(Int.self, forKey: .flows) ?? 0
+    }
+}
+
+/// At most one log line every `interval` seconds about a counter, telling how much it grew
+/// since the last line. Events in between are counted, not logged.
+struct LogLimiter {
+    var interval: UInt32 = 10
+    private(set) var loggedAt: UInt32? = nil
+    private var countAtLastLog: UInt64 = 0
+
+    /// When a line is due at `now` (monotonic seconds) for a counter now at `count`: the events
+    /// since the last line and the seconds since it (nil for the first line).
+    mutating func due(count: UInt64, now: UInt32) -> (events: UInt64, seconds: UInt32?)? {
+        if let at = loggedAt, now &- at < interval { return nil }
+        defer { loggedAt = now; countAtLastLog = count }
+        return (count &- countAtLastLog, loggedAt.map { now &- $0 })
+    }
 }
 
 /// Work handed to a worker from another thread (reload, counters, stop).
@@ -52,7 +102,7 @@ final class Mailbox: @unchecked Sendable {
 /// One NFQUEUE and the engine that decides its packets. Its loop runs as one long-lived block
 /// on its own Dispatch queue: it sleeps in recvmmsg, so the kernel wakes this thread directly
 /// when packets arrive, decides the whole batch and sends all its verdicts (with the edited
-/// packets) in one sendto. Other threads reach it only through its mailbox.
+/// packets) in one sendmsg. Other threads reach it only through its mailbox.
 final class Worker: @unchecked Sendable {
     let socket: NFQueueSocket
     let queue: DispatchQueue
@@ -70,8 +120,14 @@ final class Worker: @unchecked Sendable {
     /// Counters of configurations replaced by reloads.
     var retired = CounterSnapshot()
     var mtus: [UInt32: (mtu: Int, at: UInt32)] = [:]
-    var enobufsLoggedAt: UInt32 = 0
-    var enobufsAtLastLog: UInt64 = 0
+    var enobufsLog = LogLimiter()
+    var receiveErrorLog = LogLimiter()
+    var sendErrorLog = LogLimiter()
+    var netlinkErrorLog = LogLimiter()
+    var malformedLog = LogLimiter()
+
+    /// The loopback interface's index in this network namespace (0 if none).
+    let loopbackIndex = UInt32(if_nametoindex("lo"))
 
     init(queue number: UInt16, config: EngineConfig, hostMode: Bool, synchronized: SynchronizedFlows, budget: FlowBudget, log: Logger) throws {
         socket = try NFQueueSocket(queue: number)
@@ -129,9 +185,10 @@ final class Worker: @unchecked Sendable {
         return EngineClock(wall: Int64(w.tv_sec), mono: UInt32(truncatingIfNeeded: m.tv_sec))
     }
 
-    /// Reads and decides batches until the socket is empty (or `maxBatches` were done, so
-    /// timers on this queue get their turn; the read source fires again for the rest).
-    /// Returns the number of packets.
+    /// Reads and decides batches until the socket is empty, or `maxBatches` were done so that
+    /// the loop gets to its mailbox and housekeeping (the next drain takes the rest). Every
+    /// message whose packet id is known gets exactly one verdict. Returns the number of
+    /// messages received.
     @discardableResult
     func drain(maxBatches: Int, blocking: Bool) -> Int {
         let sock = socket
@@ -152,13 +209,33 @@ final class Worker: @unchecked Sendable {
                     noteENOBUFS()
                     continue
                 }
-                log.error("receiving from NFQUEUE failed: \(String(cString: strerror(Int32(-n))))")
+                io.pointee.receiveErrors &+= 1
+                noteReceiveError(n)
                 break
             }
             let clock = Worker.clock()
             io.pointee.batches &+= 1
             for i in 0..<n {
-                guard let p = sock.packet(i) else {
+                let p: QueuedPacket
+                switch sock.message(i) {
+                case .packet(let q):
+                    p = q
+                case .malformedPacket(let id):
+                    // A packet waits in the kernel's queue until it gets a verdict: answer every
+                    // one whose id could be read (Suricata's source-nfq.c does the same).
+                    io.pointee.malformedMessages &+= 1
+                    if let id {
+                        io.pointee.packets &+= 1
+                        io.pointee.dropped &+= 1
+                        noteSendResult(sock.addVerdict(id: id, verdict: NF.drop, payload: nil, length: 0))
+                    }
+                    noteMalformed(id)
+                    continue
+                case .netlinkError(let e, let id) where e != 0:
+                    io.pointee.netlinkErrors &+= 1
+                    noteNetlinkError(e, id)
+                    continue
+                case .netlinkError, .foreign:
                     io.pointee.foreignMessages &+= 1
                     continue
                 }
@@ -167,29 +244,30 @@ final class Worker: @unchecked Sendable {
                 guard let payload = p.payload, !p.truncated else {
                     io.pointee.truncated &+= 1
                     io.pointee.dropped &+= 1
-                    if !sock.addVerdict(id: p.id, verdict: NF.drop, payload: nil, length: 0) { io.pointee.sendErrors &+= 1 }
+                    noteSendResult(sock.addVerdict(id: p.id, verdict: NF.drop, payload: nil, length: 0))
                     continue
                 }
                 let hint: Direction? = host ? (p.hook == NF.hookLocalOut ? .egress : (p.hook == NF.hookLocalIn ? .ingress : nil)) : nil
                 let mtu = (hint != .egress && p.inDev != 0 && Worker.carriesSYN(payload, p.length)) ? mtuOf(p.inDev, clock.mono) : 0
-                let ok: Bool
-                switch eng.pointee.process(payload, length: p.length, capacity: p.capacity, hint: hint, mtu: mtu, clock: clock) {
+                let r: Int
+                // Arrived on the loopback interface: sent by this host's own stack (with
+                // protect-loopback, or its own ICMP errors about segments it could not send).
+                let local = p.inDev != 0 && p.inDev == loopbackIndex
+                switch eng.pointee.process(payload, length: p.length, capacity: p.capacity, hint: hint, mtu: mtu,
+                                           fromLoopback: local, clock: clock) {
                 case .accept:
                     io.pointee.accepted &+= 1
-                    ok = sock.addVerdict(id: p.id, verdict: NF.accept, payload: nil, length: 0)
+                    r = sock.addVerdict(id: p.id, verdict: NF.accept, payload: nil, length: 0)
                 case .acceptModified(let len):
                     io.pointee.modified &+= 1
-                    ok = sock.addVerdict(id: p.id, verdict: NF.accept, payload: payload, length: len)
+                    r = sock.addVerdict(id: p.id, verdict: NF.accept, payload: payload, length: len)
                 case .drop:
                     io.pointee.dropped &+= 1
-                    ok = sock.addVerdict(id: p.id, verdict: NF.drop, payload: nil, length: 0)
+                    r = sock.addVerdict(id: p.id, verdict: NF.drop, payload: nil, length: 0)
                 }
-                if !ok { io.pointee.sendErrors &+= 1 }
+                noteSendResult(r)
             }
-            if !sock.flush() {
-                io.pointee.sendErrors &+= 1
-                log.error("sending verdicts failed: \(String(cString: strerror(errno)))")
-            }
+            noteSendResult(sock.flush())
             total += n
             if n < sock.slotCount { break }
         }
@@ -213,9 +291,9 @@ final class Worker: @unchecked Sendable {
         if let c = mtus[ifindex], now &- c.at < 30 { return c.mtu }
         var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
         var mtu = 0
-        if if_indextoname(ifindex, &name) != nil, let f = fopen("/sys/class/net/\(String(cString: name))/mtu", "r") {
+        if if_indextoname(ifindex, &name) != nil, let f = fopen("/sys/class/net/\(Sys.string(name))/mtu", "r") {
             var v: Int32 = 0
-            if fscanf_int(f, &v) { mtu = Int(v) }
+            if readInt(f, &v) { mtu = Int(v) }
             fclose(f)
         }
         mtus[ifindex] = (mtu, now)
@@ -223,13 +301,43 @@ final class Worker: @unchecked Sendable {
     }
 
     func noteENOBUFS() {
-        let now = Worker.clock().mono
-        if now &- enobufsLoggedAt >= 10 {
-            let n = io.pointee.enobufs - enobufsAtLastLog
-            log.warning("netlink receive buffer overflowed \(n) time(s) in the last \(enobufsLoggedAt == 0 ? 0 : now &- enobufsLoggedAt) s (ENOBUFS); the kernel dropped those packets")
-            enobufsLoggedAt = now
-            enobufsAtLastLog = io.pointee.enobufs
-        }
+        guard let (n, secs) = enobufsLog.due(count: io.pointee.enobufs, now: Worker.clock().mono) else { return }
+        log.warning("netlink receive buffer overflowed \(n) time(s)\(Worker.since(secs)) (ENOBUFS); the kernel dropped those packets")
+    }
+
+    func noteReceiveError(_ r: Int) {
+        guard let (n, secs) = receiveErrorLog.due(count: io.pointee.receiveErrors, now: Worker.clock().mono) else { return }
+        log.error("receiving from NFQUEUE failed: \(Sys.describe(r)) (\(n) failure(s)\(Worker.since(secs)))")
+    }
+
+    /// Counts and logs (rate-limited) a failed send; `r` is a result of `addVerdict` or `flush`.
+    @inline(__always)
+    func noteSendResult(_ r: Int) {
+        if r < 0 { noteSendError(r) }
+    }
+
+    func noteSendError(_ r: Int) {
+        io.pointee.sendErrors &+= 1
+        guard let (n, secs) = sendErrorLog.due(count: io.pointee.sendErrors, now: Worker.clock().mono) else { return }
+        log.error("sending verdicts failed: \(Sys.describe(r)) (\(n) failure(s)\(Worker.since(secs)))")
+    }
+
+    /// The kernel refused a verdict (an unknown packet id, a malformed verdict): it answers
+    /// with NLMSG_ERROR even without NLM_F_ACK.
+    func noteNetlinkError(_ e: Int32, _ id: UInt32?) {
+        guard let (n, secs) = netlinkErrorLog.due(count: io.pointee.netlinkErrors, now: Worker.clock().mono) else { return }
+        let what = id.map { "the verdict for packet \($0)" } ?? "a message"
+        log.error("the kernel refused \(what): \(Sys.describe(Int(e))) (\(n) error(s)\(Worker.since(secs)))")
+    }
+
+    func noteMalformed(_ id: UInt32?) {
+        guard let (n, secs) = malformedLog.due(count: io.pointee.malformedMessages, now: Worker.clock().mono) else { return }
+        let what = id.map { "packet \($0) dropped" } ?? "no packet id, no verdict possible"
+        log.warning("malformed NFQUEUE message (\(what)); \(n) malformed message(s)\(Worker.since(secs))")
+    }
+
+    private static func since(_ secs: UInt32?) -> String {
+        secs.map { " in the last \($0) s" } ?? ""
     }
 
     func housekeeping() {
@@ -281,11 +389,11 @@ final class Worker: @unchecked Sendable {
     }
 }
 
-/// Reads one integer with fscanf (not importable as a variadic in Swift).
-private func fscanf_int(_ f: UnsafeMutablePointer<FILE>, _ v: inout Int32) -> Bool {
+/// Reads one integer from the first line of a file.
+private func readInt(_ f: UnsafeMutablePointer<FILE>, _ v: inout Int32) -> Bool {
     var buf = [CChar](repeating: 0, count: 32)
     guard fgets(&buf, 32, f) != nil else { return false }
-    guard let n = Int32(String(cString: buf).trimmingCharacters(in: [" ", "\n"])) else { return false }
+    guard let n = Int32(Sys.string(buf).trimmingCharacters(in: [" ", "\n"])) else { return false }
     v = n
     return true
 }

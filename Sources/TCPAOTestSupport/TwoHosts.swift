@@ -59,9 +59,9 @@ public struct TwoHosts: ~Copyable {
 
 /// A one-key chain for tests.
 public func testChain(_ name: String = "test", sendID: UInt8 = 1, recvID: UInt8 = 1, algorithm: AOAlgorithm = .hmacSHA1_96,
-                      secret: String = "correct horse battery", includeOptions: Bool = true, serial: UInt32 = 1) -> KeyChain {
+                      secret: String = "correct horse battery", includeOptions: Bool = true) -> KeyChain {
     KeyChain(name: name, keys: [MKT(keyID: 1, sendID: sendID, recvID: recvID, algorithm: algorithm, includeOptions: includeOptions,
-                                    secret: Secret(Array(secret.utf8)), serial: serial)])
+                                    secret: Secret(Array(secret.utf8)))])
 }
 
 public func testConfig(peer prefix: String, chain: KeyChain, ports: [UInt16] = [], acceptKeyMismatch: Bool = false,

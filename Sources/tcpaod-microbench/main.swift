@@ -1,12 +1,26 @@
 // Micro-benchmark of the TCP-AO core: sign+insert and verify+strip of a 1448-byte segment with
 // each algorithm, and the whole engine path, in ns per segment, with the heap allocations per
 // segment counted exactly (CMallocCounter interposes malloc). Run: scripts/microbench
+//
+//   tcpaod-microbench [ITERATIONS]            the benchmark (IPv4), figures for the README
+//   tcpaod-microbench --check-allocations [N] the zero-allocation test (scripts/test): every path
+//       (sign+insert, verify+strip, engine egress, engine ingress), every algorithm, IPv4 and
+//       IPv6, must make no heap allocation in N steady-state segments (default 5000); one line
+//       per case; exit 1 naming each case that allocated. A control case that allocates on
+//       purpose must be caught, or the check itself is broken (exit 2).
+//       TCPAOD_MICROBENCH_INJECT_ALLOCATION="PATH ALGORITHM FAMILY" (e.g. "verify+strip
+//       AES-128-CMAC-96 IPv6") adds one allocation per segment to that case, to show the check
+//       fails when the measured path allocates.
 import CMallocCounter
 import Foundation
 import TCPAO
 import TCPAOTestSupport
 
-let iterations = Int(CommandLine.arguments.dropFirst().first ?? "") ?? 200_000
+let arguments = Array(CommandLine.arguments.dropFirst())
+let checkAllocations = arguments.first == "--check-allocations"
+let iterations = Int((checkAllocations ? arguments.dropFirst() : arguments[...]).first ?? "") ?? (checkAllocations ? 5000 : 200_000)
+guard iterations > 0 else { print("usage: tcpaod-microbench [ITERATIONS] | --check-allocations [SEGMENTS]"); exit(2) }
+let injectInto = ProcessInfo.processInfo.environment["TCPAOD_MICROBENCH_INJECT_ALLOCATION"] ?? ""
 
 @inline(never) func now() -> UInt64 {
     var ts = timespec()
@@ -14,111 +28,167 @@ let iterations = Int(CommandLine.arguments.dropFirst().first ?? "") ?? 200_000
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
-struct Row: Encodable { let name: String; let algorithm: String; let nsPerSegment: Double; let allocationsPerSegment: Double }
+/// Where the deliberate allocations go (a global, so the optimizer can neither drop them nor put
+/// them on the stack).
+nonisolated(unsafe) var allocationSink: [UInt8] = []
+@inline(never) func allocateOnPurpose(_ seed: UInt8) { allocationSink = [UInt8](repeating: seed, count: 64 + Int(seed & 7)) }
+
+struct Row: Encodable {
+    let name: String; let algorithm: String; let family: String
+    let nsPerSegment: Double; let allocationsPerSegment: Double; let allocations: UInt
+}
 var rows: [Row] = []
 
-/// Times `body` over `iterations` runs after a warm-up; counts allocations in the timed part.
-@MainActor func measure(_ name: String, _ alg: String, _ body: () -> Void) {
-    for _ in 0..<(iterations / 10) { body() } // warm-up: caches, lazily keyed contexts
+/// Runs `body` for a warm-up, then `iterations` times with the heap allocations counted (and
+/// timed). The warm-up takes the lazily made state (keyed MAC contexts, flow entries, caches)
+/// out of the count: what is left is the steady state.
+@MainActor func measure(_ name: String, _ alg: String, _ family: String, _ body: () -> Void) {
+    let inject = !injectInto.isEmpty && injectInto == "\(name) \(alg) \(family)"
+    for _ in 0..<max(iterations / 10, 100) { body() }
     let m0 = tcpaod_malloc_count()
     let t0 = now()
-    for _ in 0..<iterations { body() }
+    if inject {
+        for i in 0..<iterations { body(); allocateOnPurpose(UInt8(truncatingIfNeeded: i)) }
+    } else {
+        for _ in 0..<iterations { body() }
+    }
     let t1 = now()
     let m1 = tcpaod_malloc_count()
-    rows.append(Row(name: name, algorithm: alg, nsPerSegment: Double(t1 - t0) / Double(iterations),
-                    allocationsPerSegment: Double(m1 - m0) / Double(iterations)))
+    rows.append(Row(name: name, algorithm: alg, family: family, nsPerSegment: Double(t1 - t0) / Double(iterations),
+                    allocationsPerSegment: Double(m1 - m0) / Double(iterations), allocations: m1 - m0))
 }
 
-// The counter must see allocations, or its zeros below would prove nothing.
+// The counter must see allocations, or its zeros below would prove nothing. (The probe's
+// allocation is kept by storing it in a global: a local array the optimizer could put on the
+// stack, and a malloc/free pair it could delete.)
 do {
     let before = tcpaod_malloc_count()
-    let probe = [UInt8](repeating: 1, count: Int.random(in: 1000...2000))
-    let o = OpaquePointer(malloc(64)); free(UnsafeMutableRawPointer(o))
-    guard tcpaod_malloc_count() >= before + 2, probe.count > 0 else {
+    allocateOnPurpose(UInt8.random(in: 0...255))
+    guard tcpaod_malloc_count() >= before + 1, !allocationSink.isEmpty else {
         print("FAIL: the malloc counter is not interposed; allocation counts would be meaningless")
         exit(2)
     }
 }
 
 let payload = [UInt8](repeating: 0x5A, count: 1448)
-let client = PacketBuilder(src: "192.0.2.10", dst: "198.51.100.20", srcPort: 50000, dstPort: 830)
-let unsigned = client.segment(seq: 0x1000_0001, ack: 0x2000_0001, flags: 0x18, options: PacketBuilder.tsOptions(), payload: payload)
 let capacity = 2048
 let buf = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
 let tmpl = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
 
 @MainActor func load(_ bytes: [UInt8]) { bytes.withUnsafeBytes { tmpl.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) } }
 
-// Baseline: copying the packet into the buffer and parsing it, which every loop below also does.
-load(unsigned)
-measure("copy+parse (baseline)", "-") {
-    buf.copyMemory(from: tmpl, byteCount: unsigned.count)
-    _ = try? TCPSegment.parse(buf, count: unsigned.count)
-}
+struct Family { let name: String, client: String, server: String, clientPrefix: String, serverPrefix: String }
+let ipv4 = Family(name: "IPv4", client: "192.0.2.10", server: "198.51.100.20", clientPrefix: "192.0.2.0/24", serverPrefix: "198.51.100.0/24")
+let ipv6 = Family(name: "IPv6", client: "2001:db8:a::10", server: "2001:db8:b::20", clientPrefix: "2001:db8:a::/48", serverPrefix: "2001:db8:b::/48")
+let algorithms: [AOAlgorithm] = [.hmacSHA1_96, .aes128CMAC_96, .hmacSHA256_96, .hmacSHA256_128]
 
-for alg in [AOAlgorithm.hmacSHA1_96, .aes128CMAC_96, .hmacSHA256_96, .hmacSHA256_128] {
-    let key = MACKey(algorithm: alg, bytes: Array("traffic key material!!!!".utf8.prefix(alg.kind.outputLength)))
+/// Every measured path of one address family, each algorithm.
+@MainActor func measureAll(_ f: Family) {
+    let client = PacketBuilder(src: f.client, dst: f.server, srcPort: 50000, dstPort: 830)
+    let unsigned = client.segment(seq: 0x1000_0001, ack: 0x2000_0001, flags: 0x18, options: PacketBuilder.tsOptions(), payload: payload)
+
+    // Baseline: copying the packet into the buffer and parsing it, which every loop below also does.
     load(unsigned)
-    var signedLength = 0
-    measure("sign+insert", alg.description) {
+    measure("copy+parse (baseline)", "-", f.name) {
         buf.copyMemory(from: tmpl, byteCount: unsigned.count)
-        guard let seg = try? TCPSegment.parse(buf, count: unsigned.count),
-              let s = try? AOOption.insert(buf, capacity: capacity, seg, macLength: alg.macLength, keyID: 1, rnextKeyID: 1) else { fatalError() }
-        AOMAC.sign(buf, s, key: key, sne: 0, includeOptions: true)
-        signedLength = s.length
-    }
-    let signed = Array(UnsafeRawBufferPointer(start: buf, count: signedLength))
-    load(signed)
-    measure("verify+strip", alg.description) {
-        buf.copyMemory(from: tmpl, byteCount: signed.count)
-        guard let seg = try? TCPSegment.parse(buf, count: signed.count),
-              AOMAC.verify(buf, seg, key: key, sne: 0, includeOptions: true) else { fatalError("verify failed") }
-        _ = AOOption.strip(buf, seg)
+        _ = try? TCPSegment.parse(buf, count: unsigned.count)
     }
 
-    // The whole engine: flow lookup, key selection, SNE, insert/sign and verify/strip.
-    let chain = testChain(algorithm: alg)
-    var a = AOEngine(config: testConfig(peer: "198.51.100.0/24", chain: chain))
-    var b = AOEngine(config: testConfig(peer: "192.0.2.0/24", chain: chain))
-    let clock = EngineClock(wall: 1_790_000_000, mono: 1)
-    @MainActor func run(_ e: inout AOEngine, _ bytes: [UInt8], _ d: Direction) -> [UInt8] {
-        bytes.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        switch e.process(buf, length: bytes.count, capacity: capacity, hint: d, clock: clock) {
-        case .acceptModified(let n): return Array(UnsafeRawBufferPointer(start: buf, count: n))
-        case .accept: return bytes
-        case .drop(let r): fatalError("dropped: \(r)")
+    for alg in algorithms {
+        let key = MACKey(algorithm: alg, bytes: Array("traffic key material!!!!".utf8.prefix(alg.kind.outputLength)))
+        load(unsigned)
+        var signedLength = 0
+        measure("sign+insert", alg.description, f.name) {
+            buf.copyMemory(from: tmpl, byteCount: unsigned.count)
+            guard let seg = try? TCPSegment.parse(buf, count: unsigned.count),
+                  let s = try? AOOption.insert(buf, capacity: capacity, seg, macLength: alg.macLength, keyID: 1, rnextKeyID: 1) else { fatalError() }
+            AOMAC.sign(buf, s, key: key, sne: 0, includeOptions: true)
+            signedLength = s.length
+        }
+        let signed = Array(UnsafeRawBufferPointer(start: buf, count: signedLength))
+        load(signed)
+        measure("verify+strip", alg.description, f.name) {
+            buf.copyMemory(from: tmpl, byteCount: signed.count)
+            guard let seg = try? TCPSegment.parse(buf, count: signed.count),
+                  AOMAC.verify(buf, seg, key: key, sne: 0, includeOptions: true) else { fatalError("verify failed") }
+            _ = AOOption.strip(buf, seg)
+        }
+
+        // The whole engine: flow lookup, key selection, SNE, insert/sign and verify/strip.
+        let chain = testChain(algorithm: alg)
+        var a = AOEngine(config: testConfig(peer: f.serverPrefix, chain: chain))
+        var b = AOEngine(config: testConfig(peer: f.clientPrefix, chain: chain))
+        let clock = EngineClock(wall: 1_790_000_000, mono: 1)
+        @MainActor func run(_ e: inout AOEngine, _ bytes: [UInt8], _ d: Direction) -> [UInt8] {
+            bytes.withUnsafeBytes { buf.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            switch e.process(buf, length: bytes.count, capacity: capacity, hint: d, clock: clock) {
+            case .acceptModified(let n): return Array(UnsafeRawBufferPointer(start: buf, count: n))
+            case .accept: return bytes
+            case .drop(let r): fatalError("dropped: \(r)")
+            }
+        }
+        let server = client.reversed
+        _ = run(&b, run(&a, client.segment(seq: 0x1000_0000, flags: 0x02, options: PacketBuilder.synOptions()), .egress), .ingress)
+        _ = run(&a, run(&b, server.segment(seq: 0x2000_0000, ack: 0x1000_0001, flags: 0x12, options: PacketBuilder.synOptions()), .egress), .ingress)
+        let onWire = run(&a, unsigned, .egress)
+        load(unsigned)
+        measure("engine egress (lookup+sign)", alg.description, f.name) {
+            buf.copyMemory(from: tmpl, byteCount: unsigned.count)
+            guard case .acceptModified = a.process(buf, length: unsigned.count, capacity: capacity, hint: .egress, clock: clock) else { fatalError() }
+        }
+        load(onWire)
+        measure("engine ingress (lookup+verify)", alg.description, f.name) {
+            buf.copyMemory(from: tmpl, byteCount: onWire.count)
+            guard case .acceptModified = b.process(buf, length: onWire.count, capacity: capacity, hint: .ingress, clock: clock) else { fatalError() }
         }
     }
-    let server = client.reversed
-    _ = run(&b, run(&a, client.segment(seq: 0x1000_0000, flags: 0x02, options: PacketBuilder.synOptions()), .egress), .ingress)
-    _ = run(&a, run(&b, server.segment(seq: 0x2000_0000, ack: 0x1000_0001, flags: 0x12, options: PacketBuilder.synOptions()), .egress), .ingress)
-    let onWire = run(&a, unsigned, .egress)
-    load(unsigned)
-    measure("engine egress (lookup+sign)", alg.description) {
-        buf.copyMemory(from: tmpl, byteCount: unsigned.count)
-        guard case .acceptModified = a.process(buf, length: unsigned.count, capacity: capacity, hint: .egress, clock: clock) else { fatalError() }
-    }
-    load(onWire)
-    measure("engine ingress (lookup+verify)", alg.description) {
-        buf.copyMemory(from: tmpl, byteCount: onWire.count)
-        guard case .acceptModified = b.process(buf, length: onWire.count, capacity: capacity, hint: .ingress, clock: clock) else { fatalError() }
-    }
 }
 
+func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
+
+if checkAllocations {
+    // The control: the same measuring loop around a body that allocates once per segment must
+    // count at least one allocation per segment, or zeros below would prove nothing.
+    measure("control (allocates on purpose)", "-", "-") { allocateOnPurpose(buf.load(as: UInt8.self)) }
+    let control = rows.removeLast()
+    guard control.allocations >= UInt(iterations) else {
+        print("FAIL: the control case allocated \(control.allocations) times in \(iterations) segments; the allocation check cannot see allocations")
+        exit(2)
+    }
+    measureAll(ipv4)
+    measureAll(ipv6)
+    print("heap allocations in \(iterations) steady-state segments (1448-byte payload), \(rows.count) cases; control case: \(control.allocations)")
+    for r in rows {
+        print((r.allocations == 0 ? "ok    " : "FAIL  ") + pad(r.name, 32) + pad(r.algorithm, 18) + pad(r.family, 6)
+              + "  \(r.allocations) allocations")
+    }
+    let allocating = rows.filter { $0.allocations > 0 }
+    if !allocating.isEmpty {
+        print("")
+        for r in allocating {
+            print("FAIL: \(r.name) with \(r.algorithm) over \(r.family) made \(r.allocations) heap allocations in \(iterations) steady-state segments "
+                  + String(format: "(%.3f per segment); the packet path must not allocate", r.allocationsPerSegment))
+        }
+        exit(1)
+    }
+    print("no heap allocation per segment in steady state: every path, every algorithm, IPv4 and IPv6")
+    exit(0)
+}
+
+measureAll(ipv4)
 print("tcpaod micro-benchmark: 1448-byte payload (1500-byte IPv4 packet with timestamps), \(iterations) iterations each")
 print("CPU: \((try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?.split(separator: "\n").first { $0.hasPrefix("model name") }?.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "?")")
 print("")
-print("operation".padding(toLength: 32, withPad: " ", startingAt: 0) + "algorithm".padding(toLength: 18, withPad: " ", startingAt: 0) + "ns/segment   allocations/segment")
+print(pad("operation", 32) + pad("algorithm", 18) + "ns/segment   allocations/segment")
 for r in rows {
-    print(r.name.padding(toLength: 32, withPad: " ", startingAt: 0) + r.algorithm.padding(toLength: 18, withPad: " ", startingAt: 0)
-          + String(format: "%10.0f   %.4f", r.nsPerSegment, r.allocationsPerSegment))
+    print(pad(r.name, 32) + pad(r.algorithm, 18) + String(format: "%10.0f   %.4f", r.nsPerSegment, r.allocationsPerSegment))
 }
 if let path = ProcessInfo.processInfo.environment["MICROBENCH_JSON"] {
     let enc = JSONEncoder()
     enc.outputFormatting = [.prettyPrinted, .sortedKeys]
     try enc.encode(rows).write(to: URL(fileURLWithPath: path))
 }
-let allocating = rows.filter { $0.allocationsPerSegment > 0 }
+let allocating = rows.filter { $0.allocations > 0 }
 if !allocating.isEmpty {
     print("\nFAIL: heap allocations in steady state: \(allocating.map { "\($0.name) \($0.algorithm)" })")
     exit(1)

@@ -83,13 +83,74 @@ import TCPAO
         expectOne(Self.contract.replacingOccurrences(of: "[830, 9339]", with: "[830, 70000]"), contains: "out of range", line: 18)
         expectOne(Self.contract.replacingOccurrences(of: "key-chain: nms", with: "key-chain: nsm"), contains: "no key chain named `nsm`", line: 19)
         expectOne(Self.contract.replacingOccurrences(of: "2027-01-01T00:00:00Z", with: "2027-13-01"), contains: "not an RFC 3339 date-time", line: 13)
-        expectOne(Self.contract.replacingOccurrences(of: "\"text secret\"", with: "\"short\""), contains: "too short")
+        expectOne(Self.contract.replacingOccurrences(of: "\"text secret\"", with: "\"\""), contains: "the secret is empty", line: 11)
         expectOne(Self.contract.replacingOccurrences(of: "key-string: \"text secret\"", with: "hexadecimal-string: \"0g\""), contains: "hexadecimal")
         expectOne(Self.contract.replacingOccurrences(of: "queue: 100", with: "queue: [1]"), contains: "whole number", line: 2)
         expectOne(Self.contract.replacingOccurrences(of: "include-tcp-options: true", with: "include-tcp-options: maybe"), contains: "true or false")
         expectOne("mode: host\n  bad: indentation\n", contains: "not valid YAML")
         expectOne(Self.contract.replacingOccurrences(of: "key-string: \"text secret\"", with: "key-string: \"text secret\"\n        hexadecimal-string: \"00112233445566778899\""),
                   contains: "more than one secret")
+    }
+
+    /// Routers and Linux (up to 80 bytes) accept short keys, and tcpaod must match the peer's
+    /// key: a short key is a loud warning citing RFC 5925 5.3, never an error, for the daemon
+    /// (`run`, `check`) and for verify-pcap alike. Only an empty key is refused.
+    @Test func shortKeysLoadWithAWarning() throws {
+        for (secret, bytes) in [("key-string: \"k\"", 1), ("key-string: \"7 bytes\"", 7), ("hexadecimal-string: \"ab\"", 1),
+                                ("hexadecimal-string: \"00112233445566\"", 7), ("key-string: \"8 bytes!\"", 8)] {
+            let y = Self.contract.replacingOccurrences(of: "key-string: \"text secret\"", with: secret)
+            for purpose in [ConfigLoader.Purpose.daemon, .keyChainsOnly] {
+                let (cfg, d) = load(y, purpose: purpose)
+                let c = try #require(cfg, "\(secret) \(purpose): \(d)")
+                #expect(d.errors.isEmpty)
+                #expect(c.keyChains[0].keys[0].secret.count == bytes)
+                let w = try #require(d.warnings.first { $0.path == "key-chains[0].keys[0].\(secret.prefix { $0 != ":" })" }, "\(d)")
+                #expect(w.message.contains("RFC 5925 5.3") && w.message.contains("only \(bytes) byte") && w.line == 11 && !w.fix.isEmpty, "\(w)")
+                #expect(bytes >= 8 || w.message.contains("far too short"), "\(w)")
+            }
+        }
+        // The one length refused, whatever the source and the purpose: no key at all.
+        for secret in ["key-string: \"\"", "hexadecimal-string: \"\""] {
+            let y = Self.contract.replacingOccurrences(of: "key-string: \"text secret\"", with: secret)
+            expectOne(y, contains: "the secret is empty", line: 11)
+            #expect(load(y, purpose: .keyChainsOnly).0 == nil)
+        }
+        // Longer than Linux accepts: a warning that says so.
+        let long = Self.contract.replacingOccurrences(of: "\"text secret\"", with: "\"\(String(repeating: "x", count: 81))\"")
+        let (c, d) = load(long)
+        #expect(c != nil && d.warnings.contains { $0.message.contains("81 bytes") && $0.message.contains("at most 80") }, "\(d)")
+    }
+
+    /// A peer whose prefix covers (nearly) everything, on every port, makes every TCP peer
+    /// without TCP-AO unreachable: `check` says so, where, and how to narrow it.
+    @Test func catchAllPeersAreWarnedAbout() throws {
+        func peer(_ prefix: String, ports: Bool = false) -> String {
+            Self.contract.replacingOccurrences(of: "192.0.2.0/24", with: "\"\(prefix)\"")
+                .replacingOccurrences(of: "    ports: [830, 9339]", with: ports ? "    ports: [830, 9339]" : "    description: x")
+        }
+        for prefix in ["0.0.0.0/0", "::/0", "0.0.0.0/1", "10.0.0.0/7", "2000::/3", "2000::/15"] {
+            let (cfg, d) = load(peer(prefix))
+            #expect(cfg != nil, "\(d)")
+            let w = try #require(d.warnings.first { $0.message.contains("becomes unreachable") }, "\(prefix): \(d)")
+            #expect(w.path == "peers[0].prefix" && w.line == 17 && w.message.contains("peer `nms` covers every"), "\(w)")
+            #expect(w.fix.contains("ports") && w.fix.contains("narrow the prefix"))
+        }
+        #expect(load(peer("0.0.0.0/0")).1.warnings.contains { $0.message.contains("covers every IPv4 address on every port") })
+        #expect(load(peer("::/0")).1.warnings.contains { $0.message.contains("covers every IPv6 address on every port") })
+        // Listed ports, or a prefix of /8 (IPv4) or /16 (IPv6) and longer: no warning.
+        for (prefix, ports) in [("0.0.0.0/0", true), ("::/0", true), ("10.0.0.0/8", false), ("2001::/16", false), ("192.0.2.0/24", false)] {
+            let (cfg, d) = load(peer(prefix, ports: ports))
+            #expect(cfg != nil && !d.contains { $0.message.contains("becomes unreachable") }, "\(prefix): \(d)")
+        }
+    }
+
+    @Test func protectLoopbackIsOffUnlessAsked() throws {
+        #expect(try #require(load(Self.contract).0).protectLoopback == false)
+        let on = Self.contract.replacingOccurrences(of: "threads: 2", with: "threads: 2\nprotect-loopback: true")
+        #expect(try #require(load(on).0).protectLoopback)
+        expectOne(Self.contract.replacingOccurrences(of: "threads: 2", with: "threads: 2\nprotect-loopback: yes please"), contains: "true or false")
+        let gw = on.replacingOccurrences(of: "mode: host", with: "mode: gateway")
+        #expect(load(gw).1.warnings.contains { $0.path == "protect-loopback" && $0.message.contains("host mode only") })
     }
 
     static let twoKeys = """
@@ -157,6 +218,15 @@ import TCPAO
         #expect(ConfigLoader.load(path: cfgPath, now: Self.now).0 != nil)
         let (c2, d2) = ConfigLoader.load(path: dir.path + "/nope.yaml", now: Self.now)
         #expect(c2 == nil && d2.errors.first?.message.contains("does not exist") == true)
+        // A relative key-file path is found next to the configuration file.
+        let relPath = dir.appendingPathComponent("rel.yaml").path
+        try Self.contract.replacingOccurrences(of: "key-string: \"text secret\"", with: "key-file: k.key")
+            .write(toFile: relPath, atomically: true, encoding: .utf8)
+        let (c3, d3) = ConfigLoader.load(path: relPath, now: Self.now)
+        #expect(c3?.keyChains[0].keys[0].secret.count == 16, "\(d3)")
+        // An empty key file: the one key length refused.
+        try "\n".write(toFile: keyPath, atomically: false, encoding: .utf8)
+        expectOne(y, contains: "the secret is empty")
     }
 
     @Test func serialsSurviveAReloadForUnchangedKeys() throws {
@@ -166,6 +236,34 @@ import TCPAO
         let (c, _) = ConfigLoader.parse(changed, now: Self.now, previous: a)
         #expect(b?.keyChains[0].keys[0].serial == a.keyChains[0].keys[0].serial)
         #expect(c?.keyChains[0].keys[0].serial != a.keyChains[0].keys[0].serial)
+    }
+
+    /// Issue 9, defect 1: [K1] -> [K1,K2] -> [K1] -> [K1,K3] used to give K3 the serial K2 had,
+    /// so a flow that cached K2's traffic key signed K3's KeyID with it. Serials are now unique
+    /// for the life of the process; only an unchanged key inherits its serial.
+    @Test func serialsAreNeverReusedAcrossReloads() throws {
+        func chain(_ keys: [(Int, String, String)]) -> String {
+            "key-chains:\n  - name: c\n    keys:\n"
+                + keys.map { "      - { key-id: \($0.0), send-id: \($0.0), recv-id: \($0.0), crypto-algorithm: \($0.1), key-string: \"\($0.2)\" }\n" }.joined()
+                + "peers:\n  - { name: a, prefix: 198.51.100.0/24, ports: [830], key-chain: c }\n"
+        }
+        let k1 = (1, "hmac-sha-1-96", "the first key!!"), k2 = (2, "hmac-sha-256-128", "the second key!")
+        let k3 = (3, "hmac-sha-1-96", "the third key!!")
+        var seen: [UInt64] = []
+        var prev: Configuration? = nil
+        for step in [[k1], [k1, k2], [k1], [k1, k3], [k1, k2]] {
+            let (c, d) = ConfigLoader.parse(chain(step), now: Self.now, previous: prev)
+            let cfg = try #require(c, "\(d)")
+            let serials = cfg.keyChains[0].keys.map(\.serial)
+            // K1 never changed: one serial throughout; every other key gets one never seen before.
+            if let p = prev { #expect(serials[0] == p.keyChains[0].keys[0].serial) }
+            for s in serials.dropFirst() {
+                #expect(!seen.contains(s), "serial \(s) reused at step \(step.map(\.0))")
+                seen.append(s)
+            }
+            if prev == nil { seen.append(serials[0]) }
+            prev = cfg
+        }
     }
 
     /// HMAC-SHA-256 with a configurable MAC length (Linux's maclen, vendors' options).

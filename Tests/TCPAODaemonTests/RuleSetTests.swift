@@ -27,8 +27,8 @@ import TCPAOConfig
         #expect(r.v6 == nil) // no IPv6 peer: ip6tables untouched
         #expect(v4.hasPrefix("*mangle\n:TCPAOD-OUT - [0:0]\n:TCPAOD-IN - [0:0]\n"))
         #expect(v4.contains("-I OUTPUT 1 -m comment --comment tcpaod -j TCPAOD-OUT"))
-        #expect(v4.contains("-A TCPAOD-OUT -d 192.0.2.0/24 -p tcp -m multiport --ports 830,9339 -m comment --comment \"tcpaod peer nms\" -j NFQUEUE --queue-balance 100:101\n"))
-        #expect(v4.contains("-A TCPAOD-IN -s 192.0.2.0/24 -p tcp -m multiport --ports 830,9339"))
+        #expect(v4.contains("-A TCPAOD-OUT ! -o lo -d 192.0.2.0/24 -p tcp -m multiport --ports 830,9339 -m comment --comment \"tcpaod peer nms\" -j NFQUEUE --queue-balance 100:101\n"))
+        #expect(v4.contains("-A TCPAOD-IN ! -i lo -s 192.0.2.0/24 -p tcp -m multiport --ports 830,9339"))
         #expect(v4.contains("-p icmp -m icmp --icmp-type 3/4"))
         #expect(!v4.contains("queue-bypass")) // fail closed unless asked
         #expect(v4.hasSuffix("COMMIT\n"))
@@ -63,6 +63,35 @@ import TCPAOConfig
         #expect(v4.contains("-A TCPAOD-FWD -s 198.51.100.0/24 -d 192.0.2.0/24 -p tcp -m multiport --ports 830"))
         #expect(v4.contains("-A TCPAOD-FWD -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp -m multiport --ports 830"))
         #expect(!v4.contains("2001:db8"))
+    }
+
+    /// A catch-all peer must not capture the host's own loopback traffic: host mode matches
+    /// `! -o lo` on OUTPUT and `! -i lo` on INPUT unless protect-loopback asks for lo too.
+    @Test func loopbackIsLeftAloneUnlessAsked() throws {
+        let body = """
+        mode: host
+        peers:
+          - { name: all4, prefix: 0.0.0.0/0, key-chain: k }
+          - { name: all6, prefix: "::/0", key-chain: k }
+        """
+        let r = RuleSet(try config(body))
+        for script in [try #require(r.v4), try #require(r.v6)] {
+            let rules = script.split(separator: "\n").filter { $0.hasPrefix("-A ") }
+            #expect(rules.count == 2 + (script == r.v4 ? 3 : 2)) // egress, ingress, ICMP hard errors
+            #expect(rules.allSatisfy { $0.hasPrefix("-A TCPAOD-OUT ! -o lo ") || $0.hasPrefix("-A TCPAOD-IN ! -i lo ") }, "\(script)")
+            // The jumps stay as they are, so `rules --remove` and reloads find them.
+            #expect(script.contains("-I OUTPUT 1 -m comment --comment tcpaod -j TCPAOD-OUT\n"))
+        }
+        #expect(try #require(r.v4).contains("-A TCPAOD-OUT ! -o lo -d 0.0.0.0/0 -p tcp -m comment --comment \"tcpaod peer all4\" -j NFQUEUE"))
+        let opted = RuleSet(try config("protect-loopback: true\n" + body))
+        #expect(opted != r) // a reload that flips it replaces the rules
+        for script in [try #require(opted.v4), try #require(opted.v6)] {
+            #expect(!script.contains(" lo "), "\(script)")
+        }
+        #expect(try #require(opted.v4).contains("-A TCPAOD-OUT -d 0.0.0.0/0 -p tcp"))
+        // Gateway mode: FORWARD never sees lo; no interface match either way.
+        let gw = RuleSet(try config("mode: gateway\npeers:\n  - { name: far, prefix: 192.0.2.0/24, key-chain: k }"))
+        #expect(!(try #require(gw.v4)).contains(" lo "))
     }
 
     @Test func moreThanFifteenPortsSplitAcrossRules() throws {

@@ -118,6 +118,37 @@ import TCPAOTestSupport
         #expect(reports.compactMap(\.sne).max() == 1) // the wrap was crossed
     }
 
+    /// Routers accept short master keys (Linux: up to 80 bytes), so a capture of a session
+    /// protected with one must verify: verify-pcap never refuses a key for its strength.
+    @Test func aCaptureSignedWithAShortKeyVerifies() throws {
+        for (alg, secret) in [("hmac-sha-1-96", "k"), ("aes-128-cmac-96", "1234567")] {
+            let (cfg, d) = ConfigLoader.parse("""
+            key-chains:
+              - name: short
+                keys:
+                  - { key-id: 1, send-id: 1, recv-id: 1, crypto-algorithm: \(alg), key-string: "\(secret)" }
+            """, purpose: .keyChainsOnly, now: 0)
+            let config = try #require(cfg, "\(d)")
+            #expect(d.errors.isEmpty && config.keyChains[0].keys[0].secret.count == secret.utf8.count)
+            // The engines sign with the very key the loader produced.
+            let chain = config.keyChains[0]
+            var h = TwoHosts(configA: testConfig(peer: "198.51.100.0/24", chain: chain), configB: testConfig(peer: "192.0.2.0/24", chain: chain))
+            let c = PacketBuilder(src: "192.0.2.10", dst: "198.51.100.20", srcPort: 50001, dstPort: 179)
+            let s = c.reversed
+            var wire: [[UInt8]] = []
+            func send(_ p: [UInt8], _ side: TwoHosts.Side) { if let w = h.send(p, from: side).onWire { wire.append(w) } }
+            send(c.segment(seq: 1000, flags: 0x02, options: PacketBuilder.synOptions()), .a)
+            send(s.segment(seq: 5000, ack: 1001, flags: 0x12, options: PacketBuilder.synOptions()), .b)
+            send(c.segment(seq: 1001, ack: 5001, flags: 0x18, options: PacketBuilder.tsOptions(), payload: [UInt8](repeating: 7, count: 100)), .a)
+            send(s.segment(seq: 5001, ack: 1101, flags: 0x10, options: PacketBuilder.tsOptions()), .b)
+            #expect(wire.count == 4, "\(alg)")
+            var v = CaptureVerifier(configuration: config, strict: true)
+            let (reports, summary) = v.verify(try PcapReader.parse(PcapWriter.data(wire)))
+            #expect(summary.line == "4 verified, 0 failed" && summary.success, "\(alg): \(summary.line)")
+            #expect(reports.allSatisfy { $0.key == "short/1" })
+        }
+    }
+
     @Test func linkTypesAndPcapng() throws {
         let ip = Self.vectorPackets[0]
         // Ethernet with a VLAN tag, Linux cooked v1 and v2: all reduce to the IP packet.

@@ -32,6 +32,14 @@ import TCPAOTestSupport
         }
     }
 
+    /// The options of `PacketBuilder.synOptions(mss:)` as the receiving host gets them: the MSS
+    /// lowered by the AO option its own tcpaod will add, and window scaling (with its NOP) left
+    /// out when the sender's tcpaod had to make room for a long MAC.
+    static func deliveredSYNOptions(_ alg: AOAlgorithm, mss: UInt16 = 1460) -> [UInt8] {
+        let opts = PacketBuilder.synOptions(mss: mss - UInt16(alg.alignedOptionLength))
+        return 20 + alg.alignedOptionLength > 40 ? Array(opts.prefix(16)) : opts
+    }
+
     static func checksumOK(_ pkt: [UInt8]) -> Bool {
         pkt.withUnsafeBytes { b in (try? TCPSegment.parse(b.baseAddress!, count: b.count))?.checksumIsValid(b.baseAddress!) ?? false }
     }
@@ -58,11 +66,14 @@ import TCPAOTestSupport
         let mss = got1.withUnsafeBytes { b in try! TCPSegment.parse(b.baseAddress!, count: b.count).mss(b.baseAddress!) }
         #expect(mss == UInt16(1460 - alg.alignedOptionLength))
         #expect(got1.count == syn.count - trimmed)
+        #expect(got1 == c.segment(seq: isnC, flags: 0x02, options: Self.deliveredSYNOptions(alg)))
         #expect(h.engineA.snapshot()["options-trimmed"] == (trimmed > 0 ? 1 : 0))
 
         let synack = s.segment(seq: isnS, ack: isnC + 1, flags: 0x12, options: PacketBuilder.synOptions(mss: 1460))
         let r2 = h.send(synack, from: .b)
-        #expect(r2.delivered != nil)
+        #expect(r2.egress == .acceptModified(length: synack.count + alg.alignedOptionLength - trimmed))
+        #expect(r2.ingress == .acceptModified(length: synack.count - trimmed))
+        #expect(r2.delivered == s.segment(seq: isnS, ack: isnC + 1, flags: 0x12, options: Self.deliveredSYNOptions(alg)))
         #expect(h.engineA.flowState(FlowKey(local: c.src, remote: c.dst, localPort: 50123, remotePort: 830))?.phase == .established)
 
         let ack = c.segment(seq: isnC + 1, ack: isnS + 1, flags: 0x10, options: PacketBuilder.tsOptions())
@@ -80,10 +91,15 @@ import TCPAOTestSupport
             seqS &+= UInt32(data.count)
         }
         // A pure ACK without options, then FIN in each direction and the last ACK.
-        #expect(h.send(c.segment(seq: seqC, ack: seqS, flags: 0x10), from: .a).delivered != nil)
-        #expect(h.send(c.segment(seq: seqC, ack: seqS, flags: 0x11), from: .a).delivered != nil)
-        #expect(h.send(s.segment(seq: seqS, ack: seqC + 1, flags: 0x11), from: .b).delivered != nil)
-        #expect(h.send(c.segment(seq: seqC + 1, ack: seqS + 1, flags: 0x10), from: .a).delivered != nil)
+        for (pkt, from) in [(c.segment(seq: seqC, ack: seqS, flags: 0x10), TwoHosts.Side.a),
+                            (c.segment(seq: seqC, ack: seqS, flags: 0x11), .a),
+                            (s.segment(seq: seqS, ack: seqC + 1, flags: 0x11), .b),
+                            (c.segment(seq: seqC + 1, ack: seqS + 1, flags: 0x10), .a)] {
+            let r = h.send(pkt, from: from)
+            #expect(r.egress == .acceptModified(length: pkt.count + alg.alignedOptionLength))
+            #expect(r.ingress == .acceptModified(length: pkt.count))
+            #expect(r.delivered == pkt)
+        }
         let key = FlowKey(local: c.src, remote: c.dst, localPort: 50123, remotePort: 830)
         #expect(h.engineA.flowState(key)?.phase == .finished)
         #expect(h.engineA.snapshot()["verified"] == 22 && h.engineB.snapshot()["verified"] == 25)
@@ -113,7 +129,9 @@ import TCPAOTestSupport
         // One bit of payload, of the header, of the option, of the MAC: each is caught.
         for at in [-1, 33 + (n.a.contains(":") ? 20 : 0), 40 + (n.a.contains(":") ? 20 : 0) + 2, 40 + (n.a.contains(":") ? 20 : 0) + 10] {
             let r = h.send(d, from: .a) { pkt in pkt[at < 0 ? pkt.count - 1 : at] ^= 0x04 }
-            #expect(r.ingress == .drop(.badMAC) || r.ingress == .drop(.unknownKeyID), "flip at \(at)")
+            // Only the KeyID flip (1 -> 5) names a key nobody has; every other flip breaks the MAC.
+            let keyIDAt = 40 + (n.a.contains(":") ? 20 : 0) + 2
+            #expect(r.ingress == .drop(at == keyIDAt ? .unknownKeyID : .badMAC), "flip at \(at)")
             #expect(r.delivered == nil)
         }
         // Unharmed, it goes through.
@@ -180,16 +198,18 @@ import TCPAOTestSupport
     func hitlessRollover(_ n: Net) throws {
         let now: Int64 = 1_790_000_000
         let k1 = MKT(keyID: 1, sendID: 1, recvID: 1, algorithm: .hmacSHA1_96, sendLifetime: Lifetime(start: now - 1000),
-                     secret: Secret(Array("first secret key".utf8)), serial: 1)
+                     secret: Secret(Array("first secret key".utf8)))
         let k2 = MKT(keyID: 2, sendID: 2, recvID: 2, algorithm: .aes128CMAC_96, sendLifetime: Lifetime(start: now - 10),
-                     secret: Secret(Array("second secret key".utf8)), serial: 2)
+                     secret: Secret(Array("second secret key".utf8)))
         let old = KeyChain(name: "c", keys: [k1]), new = KeyChain(name: "c", keys: [k1, k2])
         var h = Self.hosts(n, chainA: old, chainB: old)
         var (c, s, sc, ss) = Self.established(&h, n)
+        var lastFromA: (sent: [UInt8], onWire: [UInt8]) = ([], [])
         func exchange(_ h: inout TwoHosts) -> [[UInt8]] {
             let d = c.segment(seq: sc, ack: ss, flags: 0x18, payload: [1, 2, 3])
             let r = h.send(d, from: .a)
             #expect(r.delivered == d)
+            lastFromA = (d, r.onWire ?? [])
             sc &+= 3
             let e = s.segment(seq: ss, ack: sc, flags: 0x18, payload: [4, 5])
             let q = h.send(e, from: .b)
@@ -202,13 +222,17 @@ import TCPAOTestSupport
         // B now prefers key 2 and says so in RNextKeyID; A has no key 2 yet and keeps key 1.
         #expect(exchange(&h) == [[1, 1], [1, 2]])
         #expect(exchange(&h) == [[1, 1], [1, 2]])
+        let signedWithKey1 = lastFromA
         _ = h.engineA.reconfigure(testConfig(peer: n.prefixB, chain: new))
         // B asked for key 2 earlier; now that A has it, A switches at once and advertises 2 too.
         #expect(exchange(&h) == [[2, 2], [2, 2]])
         #expect(exchange(&h) == [[2, 2], [2, 2]])
-        // A late retransmission with the old key is still accepted (accept lifetime).
-        let late = h.send(c.segment(seq: sc &- 3, ack: ss, flags: 0x18, payload: [1, 2, 3]), from: .a)
-        #expect(late.delivered != nil)
+        // A late copy of a segment A signed with the old key before the switch (a retransmission
+        // the network delayed) is still accepted: key 1's accept lifetime holds.
+        #expect(Self.keyID(signedWithKey1.onWire) == [1, 1])
+        let late = h.inject(signedWithKey1.onWire, to: .b)
+        #expect(late.0 == .acceptModified(length: signedWithKey1.sent.count))
+        #expect(late.1 == signedWithKey1.sent)
         _ = c; _ = s
     }
 
@@ -224,7 +248,11 @@ import TCPAOTestSupport
         let syn = h.send(c.segment(seq: 0x1000, flags: 0x02, options: PacketBuilder.synOptions()), from: .a).onWire!
         _ = h.send(s.segment(seq: 0x7000, ack: 0x1001, flags: 0x12, options: PacketBuilder.synOptions()), from: .b)
         _ = h.send(c.segment(seq: 0x1001, ack: 0x7001, flags: 0x10), from: .a)
-        #expect(h.inject(syn, to: .b).0 != .drop(.badMAC)) // the replay verifies...
+        // The replay verifies and is handed to B's host as A's host sent it (MSS lowered)...
+        let synAsSent = c.segment(seq: 0x1000, flags: 0x02, options: Self.deliveredSYNOptions(.hmacSHA1_96))
+        let replay = h.inject(syn, to: .b)
+        #expect(replay.0 == .acceptModified(length: synAsSent.count))
+        #expect(replay.1 == synAsSent)
         let challenge = s.segment(seq: 0x7001, ack: 0x1001, flags: 0x10)
         #expect(h.send(challenge, from: .b).delivered == challenge) // ...and the host's challenge ACK still goes out
         let d = c.segment(seq: 0x1001, ack: 0x7001, flags: 0x18, payload: [1, 2, 3])
@@ -232,10 +260,12 @@ import TCPAOTestSupport
         let e = s.segment(seq: 0x7001, ack: 0x1004, flags: 0x18, payload: [4])
         #expect(h.send(e, from: .b).delivered == e)
         // The peer really starts over: new SYN, and B's host accepts it with a SYN-ACK.
-        _ = h.send(c.segment(seq: 0x5_0000, flags: 0x02, options: PacketBuilder.synOptions()), from: .a)
+        let newSYN = h.send(c.segment(seq: 0x5_0000, flags: 0x02, options: PacketBuilder.synOptions()), from: .a)
+        #expect(newSYN.delivered == c.segment(seq: 0x5_0000, flags: 0x02, options: Self.deliveredSYNOptions(.hmacSHA1_96)))
         let sa = h.send(s.segment(seq: 0x9_0000, ack: 0x5_0001, flags: 0x12, options: PacketBuilder.synOptions()), from: .b)
-        #expect(sa.delivered != nil)
-        #expect(h.send(c.segment(seq: 0x5_0001, ack: 0x9_0001, flags: 0x18, payload: [9]), from: .a).delivered != nil)
+        #expect(sa.delivered == s.segment(seq: 0x9_0000, ack: 0x5_0001, flags: 0x12, options: Self.deliveredSYNOptions(.hmacSHA1_96)))
+        let first = c.segment(seq: 0x5_0001, ack: 0x9_0001, flags: 0x18, payload: [9])
+        #expect(h.send(first, from: .a).delivered == first)
     }
 
     /// Gateway mode (no hook hint): only segments from a protected host toward a peer are
@@ -272,7 +302,8 @@ import TCPAOTestSupport
             let e = s.segment(seq: ss, ack: sc, flags: 0x10, payload: data)
             #expect(h.send(e, from: .b).delivered == e)
             ss &+= 1000
-            #expect(h.send(c.segment(seq: sc, ack: ss, flags: 0x10), from: .a).delivered != nil)
+            let ack = c.segment(seq: sc, ack: ss, flags: 0x10)
+            #expect(h.send(ack, from: .a).delivered == ack)
         }
         #expect(ss < 0x1000) // B's sequence numbers wrapped too
         let key = FlowKey(local: c.src, remote: c.dst, localPort: 50123, remotePort: 830)
@@ -333,7 +364,8 @@ import TCPAOTestSupport
         // The peer is not protected yet: its SYN-ACK is unsigned.
         let sa = s.segment(seq: 90, ack: 2, flags: 0x12)
         #expect(h.inject(sa, to: .a).0 == .accept)
-        #expect(h.send(c.segment(seq: 2, ack: 91, flags: 0x10), from: .a).egress != .drop(.noState))
+        // A still signs its own segments (40 bytes + 16 of AO).
+        #expect(h.send(c.segment(seq: 2, ack: 91, flags: 0x10), from: .a).egress == .acceptModified(length: 56))
         #expect(h.engineA.snapshot()["passed-unsigned"] == 1)
     }
 
@@ -363,7 +395,8 @@ import TCPAOTestSupport
         let seg = wire.withUnsafeBytes { try! TCPSegment.parse($0.baseAddress!, count: $0.count) }
         #expect(seg.tcpHeaderLength == 60 && seg.hasAO)
         #expect(wire[seg.sackOffset + 1] == 10) // one block kept
-        #expect(r.delivered != nil && Self.checksumOK(wire))
+        #expect(Self.checksumOK(wire))
+        #expect(r.delivered == c.segment(seq: sc, ack: ss, flags: 0x10, options: PacketBuilder.tsOptions() + PacketBuilder.sackOption(blocks: 1)))
         #expect(h.engineA.snapshot()["options-trimmed"] == 1)
         // 40 bytes of options that are not SACK: no room, the segment does not leave.
         let full = c.segment(seq: sc, ack: ss, flags: 0x10, options: PacketBuilder.tsOptions() + [1, 1, 1, 1] + [254, 24] + [UInt8](repeating: 0, count: 22))
@@ -387,12 +420,12 @@ import TCPAOTestSupport
         // One ends (RST): its place goes to the next new connection.
         let first = PacketBuilder(src: n.a, dst: n.b, srcPort: 40000, dstPort: 830)
         _ = h.send(first.segment(seq: 2, ack: 10, flags: 0x14), from: .a)
-        #expect(h.send(extra.segment(seq: 1, flags: 0x02), from: .a).egress != .drop(.flowTableFull))
+        #expect(h.send(extra.segment(seq: 1, flags: 0x02), from: .a).egress == .acceptModified(length: 56)) // signed: 40 + 16
         #expect(h.engineA.snapshot()["flows-evicted"] == 1)
         // Half-open flows make room for each other (a SYN flood cannot lock the table).
         for port in 0..<6 {
             let c = PacketBuilder(src: n.a, dst: n.b, srcPort: UInt16(42000 + port), dstPort: 830)
-            #expect(h.send(c.segment(seq: 1, flags: 0x02), from: .a).egress != .drop(.flowTableFull))
+            #expect(h.send(c.segment(seq: 1, flags: 0x02), from: .a).egress == .acceptModified(length: 56))
         }
         #expect(h.engineA.flowCount == 4)
         h.engineA.expire(now: h.clock.mono + 76, budget: 1 << 20) // half-open flows time out
@@ -406,6 +439,10 @@ import TCPAOTestSupport
         let d = c.segment(seq: sc, ack: ss, flags: 0x10, options: PacketBuilder.tsOptions(tsval: 1, tsecr: 2))
         // Changing the timestamp value on the wire goes unnoticed: options are not covered.
         let r = h.send(d, from: .a) { pkt in pkt[40 + 20 + 4] ^= 0xFF }
-        #expect(r.ingress != nil && r.delivered != nil)
+        #expect(r.ingress == .acceptModified(length: d.count))
+        // Delivered with the changed TSval (and d's checksum, which the wire change did not fix).
+        var changed = d
+        changed[40 + 20 + 4] ^= 0xFF
+        #expect(r.delivered == changed)
     }
 }

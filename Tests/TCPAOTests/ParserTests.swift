@@ -55,8 +55,13 @@ import TCPAOTestSupport
     @Test func truncatedAnywhere() {
         for b in [Self.b4, Self.b6] {
             let p = b.segment(seq: 1, flags: 0x02, options: PacketBuilder.synOptions())
+            // The IP length field still says the whole packet: every cut is "truncated", never
+            // another error and never a segment.
             for n in 0..<p.count {
-                if case .success = parse(Array(p[0..<n])) { Issue.record("\(n) bytes parsed") }
+                switch parse(Array(p[0..<n])) {
+                case .success: Issue.record("\(n) bytes parsed")
+                case .failure(let e): #expect(e == .truncated, "\(n) of \(p.count) bytes")
+                }
             }
         }
     }
@@ -130,8 +135,14 @@ import TCPAOTestSupport
         #expect(e.isHardError && e.quotedSeq == 0x01020304 && e.quotedSrcPort == 40000 && e.quotedDstPort == 830)
         #expect(e.quotedSrc == IPAddress("192.0.2.1")!)
         icmp[1] = 0 // net unreachable: a soft error
-        ip[2] = ip[2]
-        #expect((ip + icmp).withUnsafeBytes { ICMPErrorInfo.parse($0.baseAddress!, count: $0.count) }?.isHardError == false)
+        let soft = (ip + icmp).withUnsafeBytes { ICMPErrorInfo.parse($0.baseAddress!, count: $0.count) }
+        #expect(soft?.code == 0 && soft?.isHardError == false && soft?.quotedSeq == 0x01020304)
+        // The IP total length cut one byte short of the quoted ports and sequence number (27 of
+        // the 28 bytes needed): the quote is refused, not read past the packet's end.
+        icmp[1] = 3
+        ip[2] = UInt8((total - 1) >> 8); ip[3] = UInt8((total - 1) & 255)
+        #expect((ip + icmp).withUnsafeBytes { ICMPErrorInfo.parse($0.baseAddress!, count: $0.count) } == nil)
+        #expect((ip + icmp.dropLast()).withUnsafeBytes { ICMPErrorInfo.parse($0.baseAddress!, count: $0.count) } == nil)
     }
 
     @Test func addresses() {

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import PropertyBased
 @testable import TCPAO
@@ -6,14 +7,71 @@ import TCPAOTestSupport
 /// Properties over random input: no packet crashes the parser or the engine; insert then strip
 /// gives back the original segment; checksums stay right after every edit.
 @Suite struct PropertyTests {
+    /// Random bytes, often behind a plausible IPv4 or IPv6 header (right version, length and
+    /// protocol), or segments built from option pieces with one byte sometimes replaced, so that
+    /// the TCP header and option walk is reached, not only the IP checks. What
+    /// parses is consistent with the bytes: lengths inside the packet, each option offset the
+    /// parser reports points at an option of that kind lying wholly inside the TCP header, and
+    /// bytes after the IP length (link padding) change nothing. An ICMP error it reports quotes
+    /// a TCP header that lies inside the packet.
     @Test func arbitraryBytesNeverCrashTheParser() async {
-        await propertyCheck(count: 3000, input: Gen.uint8().array(of: 0...120)) { bytes in
+        let parsed = Tally()
+        await propertyCheck(count: 3000, input: Gen.uint8().array(of: 0...120), Gen.uint8(in: 0...4), Gen.uint8().array(of: 0...8)) { raw, shape, padding in
+            var bytes = raw
+            if shape >= 3 { // a TCP segment whose options are legal pieces (AO, MD5, EOL too), one byte of them sometimes replaced
+                var opts: [UInt8] = []
+                for b in raw.prefix(6) where opts.count + Self.parserPieces[Int(b) % Self.parserPieces.count].count <= 40 {
+                    opts += Self.parserPieces[Int(b) % Self.parserPieces.count]
+                }
+                while opts.count % 4 != 0 { opts.append(1) }
+                if raw.count > 8, raw[6] & 1 == 1, !opts.isEmpty { opts[Int(raw[7]) % opts.count] = raw[8] }
+                let v6 = shape == 4
+                bytes = PacketBuilder(src: v6 ? "2001:db8::1" : "192.0.2.1", dst: v6 ? "2001:db8::2" : "192.0.2.2", srcPort: 1, dstPort: 2)
+                    .segment(seq: 1, flags: 0x10, options: opts, payload: Array(raw.dropFirst(9).prefix(20)))
+            } else if shape == 1 && bytes.count >= 20 { // IPv4, IHL 5, total length = all of it, no fragment, TCP
+                bytes[0] = 0x45; bytes[2] = UInt8(bytes.count >> 8); bytes[3] = UInt8(bytes.count & 255)
+                bytes[6] = 0; bytes[7] = 0; bytes[9] = Spec.ipProtoTCP
+            } else if shape == 2 && bytes.count >= 40 { // IPv6, payload length = the rest, next header TCP
+                bytes[0] = 0x60; bytes[4] = UInt8((bytes.count - 40) >> 8); bytes[5] = UInt8((bytes.count - 40) & 255)
+                bytes[6] = Spec.ipProtoTCP
+            }
+            func parse(_ b: [UInt8]) -> Result<TCPSegment, PacketError> {
+                b.withUnsafeBytes { r in
+                    let p = r.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!
+                    return Result { () throws(PacketError) -> TCPSegment in try TCPSegment.parse(p, count: r.count) }
+                }
+            }
+            if case .success(let s) = parse(bytes) {
+                parsed.add(s.tcpHeaderLength > 20 ? 2 : 1)
+                #expect(s.isV6 == (bytes[0] >> 4 == 6))
+                #expect(s.length <= bytes.count && s.tcpOffset >= (s.isV6 ? 40 : 20))
+                #expect(s.tcpHeaderLength >= 20 && s.tcpHeaderLength <= 60 && s.tcpHeaderLength % 4 == 0)
+                #expect(s.payloadOffset <= s.length && s.payloadLength >= 0)
+                #expect(s.srcPort == UInt16(bytes[s.tcpOffset]) << 8 | UInt16(bytes[s.tcpOffset + 1]))
+                #expect(s.flags == bytes[s.tcpOffset + 13])
+                func inOptions(_ at: Int, _ len: Int) -> Bool { at >= s.optionsOffset && at + len <= s.optionsEnd }
+                if s.hasAO {
+                    #expect(inOptions(s.aoOffset, s.aoLength) && bytes[s.aoOffset] == 29)
+                    #expect(s.aoLength >= 4 && Int(bytes[s.aoOffset + 1]) == s.aoLength)
+                } else {
+                    #expect(s.aoLength == 0)
+                }
+                if s.mssOffset >= 0 { #expect(inOptions(s.mssOffset, 4) && bytes[s.mssOffset] == 2 && bytes[s.mssOffset + 1] == 4) }
+                if s.sackOffset >= 0 { #expect(inOptions(s.sackOffset, 2) && bytes[s.sackOffset] == 5 && inOptions(s.sackOffset, Int(bytes[s.sackOffset + 1]))) }
+                if s.eolOffset >= 0 { #expect(inOptions(s.eolOffset, 1) && bytes[s.eolOffset] == 0) }
+                #expect(parse(bytes + padding) == .success(s))
+            }
             bytes.withUnsafeBytes { b in
                 let p = b.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!
-                _ = try? TCPSegment.parse(p, count: b.count)
-                _ = ICMPErrorInfo.parse(p, count: b.count)
+                if let e = ICMPErrorInfo.parse(p, count: b.count) {
+                    #expect(e.isV6 == (bytes[0] >> 4 == 6))
+                    // Outer IP header, 8 bytes of ICMP, the quoted IP header, 8 bytes of its TCP header.
+                    #expect(bytes.count >= (e.isV6 ? 40 + 8 + 40 + 8 : 20 + 8 + 20 + 8))
+                }
             }
         }
+        // Not vacuous: many inputs got through the whole parser, some of them with options.
+        #expect(parsed.count >= 300 && parsed.withOptions >= 100, "parsed \(parsed.count), with options \(parsed.withOptions)")
     }
 
     /// Arbitrary bytes after a valid IPv4/IPv6 + TCP prefix, through a whole engine in both
@@ -38,6 +96,11 @@ import TCPAOTestSupport
             if case .acceptModified(let n) = v { #expect(n <= buf.capacity) }
         }
     }
+
+    /// Option pieces for the parser property: the legal ones below, TCP-AO (12-byte MAC and an
+    /// empty one), TCP-MD5, EOL.
+    static let parserPieces: [[UInt8]] = optionPieces + [[29, 16, 1, 2] + [UInt8](repeating: 0xAA, count: 12), [29, 4, 0, 0],
+                                                         [19, 18] + [UInt8](repeating: 0xBB, count: 16), [0]]
 
     static let optionPieces: [[UInt8]] = [
         [2, 4, 5, 0xB4], [4, 2], [1], [3, 3, 7], [8, 10, 0, 0, 0, 1, 0, 0, 0, 2], [5, 10, 0, 0, 0, 1, 0, 0, 0, 2],
@@ -128,4 +191,13 @@ import TCPAOTestSupport
             }
         }
     }
+}
+
+/// A thread-safe count of what a property saw, to show its assertions were reached.
+final class Tally: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0, opts = 0
+    func add(_ kind: Int) { lock.lock(); n += 1; if kind == 2 { opts += 1 }; lock.unlock() }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return n }
+    var withOptions: Int { lock.lock(); defer { lock.unlock() }; return opts }
 }

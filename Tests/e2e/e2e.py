@@ -661,6 +661,199 @@ def key_rollover_during_a_transfer():
         topo.close()
 
 
+SESSION = r"""
+# Test applications for reload_sequence_keeps_every_connection (plain Python sockets):
+#   sink HOST PORT PROGRESS RESULT      accept one connection, read to EOF, keep the byte count in
+#                                      PROGRESS, then write "COUNT SHA256" to RESULT
+#   source HOST PORT STOP RATE RESULT  send deterministic bytes at RATE bytes/s until the file
+#                                      STOP exists, then write "COUNT SHA256" to RESULT and close
+#   chat HOST PORT DIR                 an interactive session with an echo server: for N = 1, 2, ...
+#                                      wait for DIR/go-N, send a line, expect it back, write
+#                                      DIR/done-N; DIR/go-end closes it
+import hashlib, os, socket, sys, time
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+def put(path, text):
+    with open(path + ".tmp", "w") as f: f.write(text)
+    os.rename(path + ".tmp", path)
+if mode == "sink":
+    ls = socket.socket(fam); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind((host, port)); ls.listen(1)
+    put(sys.argv[4], "listening")
+    c, _ = ls.accept(); h = hashlib.sha256(); n = 0; mark = 0
+    while True:
+        b = c.recv(1 << 16)
+        if not b: break
+        h.update(b); n += len(b)
+        if n - mark >= 1 << 18: put(sys.argv[4], str(n)); mark = n
+    put(sys.argv[4], str(n)); put(sys.argv[5], "%d %s" % (n, h.hexdigest()))
+elif mode == "source":
+    stop, rate = sys.argv[4], float(sys.argv[5])
+    s = socket.create_connection((host, port), timeout=60); h = hashlib.sha256(); n = 0; i = 0; t0 = time.time()
+    base = hashlib.sha256(b"tcpaod").digest() * 2048
+    while not os.path.exists(stop):
+        chunk = base[i % 4096:] + base[:i % 4096]; i += 1
+        s.sendall(chunk); h.update(chunk); n += len(chunk)
+        ahead = n / rate - (time.time() - t0)
+        if ahead > 0: time.sleep(min(ahead, 0.2))
+    s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
+    put(sys.argv[6], "%d %s" % (n, h.hexdigest()))
+elif mode == "chat":
+    d = sys.argv[4]
+    s = socket.create_connection((host, port), timeout=60); f = s.makefile("rwb"); k = 1
+    while True:
+        while not (os.path.exists("%s/go-%d" % (d, k)) or os.path.exists(d + "/go-end")): time.sleep(0.02)
+        if os.path.exists("%s/go-%d" % (d, k)):
+            line = ("request %d %s\n" % (k, "x" * (k * 97 % 800))).encode()
+            f.write(line); f.flush()
+            got = f.readline()
+            put("%s/done-%d" % (d, k), "ok" if got == line else "echo mismatch: %r" % got[:80])
+            k += 1
+        else:
+            break
+    s.close()
+"""
+
+
+def wait_for(cond, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise Fail("timed out (%d s) waiting for %s" % (timeout, what))
+
+
+def read_file(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+@test
+def reload_sequence_keeps_every_connection():
+    """6b. Both daemons reloaded through a sequence of key changes while a bulk transfer and an
+    interactive session run (issue 9): a longer-MAC key made preferred (the established
+    connections keep a key that fits their MSS), another key preferred, a key removed and its
+    KeyID reused by a new key (different algorithm and secret) while the session is idle, a
+    failed reload, the old keys removed. After every step the transfer makes progress and the
+    session answers; both finish intact; no segment is dropped on either side."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        base = int(time.time()) - 1000
+
+        def k(key_id, send_id, alg, secret, start):
+            t = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base + start))
+            return key_yaml(key_id, send_id, send_id, alg, secret, ", send-lifetime: { start-date-time: %s, no-end-time: true }" % t)
+        K1 = k(1, 1, "hmac-sha-1-96", "the first key of the sequence", 0)
+        K2 = k(2, 2, "hmac-sha-256-128", "a longer MAC rolled in late", 10)
+        K3 = k(3, 3, "aes-128-cmac-96", "the third key, cmac", 20)
+        K4 = k(4, 2, "hmac-sha-256-96", "KeyID 2 again, another key", 30)
+        peers_a, peers_b = [("b", "192.0.2.2/32", None)], [("a", "192.0.2.1/32", None)]
+        ca, cb = write_config("a", peers_a, [K1]), write_config("b", peers_b, [K1])
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        app = os.path.join(WORK, "session.py")
+        with open(app, "w") as f:
+            f.write(SESSION)
+        chat_dir = os.path.join(WORK, "chat")
+        os.makedirs(chat_dir, exist_ok=True)
+        progress, sink_res, src_res, stop = (os.path.join(WORK, n) for n in ("progress", "sink.res", "source.res", "stop"))
+        cap_path = os.path.join(WORK, "reloads.pcap")
+        cap = a.popen(["tcpdump", "-i", "va", "-s", "128", "-B", "16384", "-U", "-w", cap_path, "tcp"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(lambda: os.path.exists(cap_path), "tcpdump")
+        sink = b.popen([sys.executable, app, "sink", "192.0.2.2", "830", progress, sink_res])
+        echo = b.popen(["socat", "TCP4-LISTEN:9339,reuseaddr", "EXEC:cat"], stderr=subprocess.DEVNULL)
+        wait_for(lambda: read_file(progress) == "listening" and b.run(["ss", "-Hltn", "sport = :9339"]).stdout.strip(), "the servers")
+        src = a.popen([sys.executable, app, "source", "192.0.2.2", "830", stop, str(8 * 1000 * 1000), src_res])
+        got = lambda: int(read_file(progress, "0").strip() or 0) if read_file(progress) != "listening" else 0
+        steps = {"n": 0, "chat": 0, "reloads": {"a": 0, "b": 0}}
+        chat = [None]
+
+        def progresses(what):
+            # The transfer moves on by 2 MB and the session answers (when open).
+            start = got()
+            wait_for(lambda: got() >= start + 2 * 1000 * 1000, "the bulk transfer to move on after %s" % what, 40)
+            if chat[0] is not None:
+                steps["chat"] += 1
+                n = steps["chat"]
+                open(os.path.join(chat_dir, "go-%d" % n), "w").close()
+                res = wait_for(lambda: read_file(os.path.join(chat_dir, "done-%d" % n)), "the session to answer after %s" % what, 30)
+                check(res == "ok", "interactive session after %s: %s" % (what, res))
+
+        def reload(side, keys, expect_ok=True, text=None):
+            d, name, peers = (da, "a", peers_a) if side == "a" else (db, "b", peers_b)
+            if text is None:
+                write_config(name, peers, keys)
+            else:
+                with open(d.config, "w") as f:
+                    f.write(text)
+            marker = "configuration reloaded" if expect_ok else "reload of"
+            before = d.log().count(marker)
+            d.hup()
+            wait_for(lambda: d.log().count(marker) > before, "tcpaod %s to log `%s`" % (name, marker))
+
+        progresses("the start")
+        # 1. A key with a longer MAC (20-byte option) becomes preferred, B first, then A. The
+        #    bulk connection reserved 16 bytes at its handshake: it stays on KeyID 1.
+        reload("b", [K1, K2]); reload("a", [K1, K2]); progresses("HMAC-SHA-256-128 became preferred")
+        # The session opens now: it reserves 20 bytes and uses KeyID 2 (K2).
+        chat[0] = a.popen([sys.executable, app, "chat", "192.0.2.2", "9339", chat_dir])
+        progresses("the session opened")
+        # 2. K3 becomes preferred (fits both): both connections move to KeyID 3.
+        reload("a", [K1, K2, K3]); reload("b", [K1, K2, K3]); progresses("AES-128-CMAC became preferred")
+        # 3-4. While the session is idle: K2 removed, then KeyID 2 reused by K4 (another
+        #      algorithm and secret), made preferred.
+        idle_chat, chat[0] = chat[0], None
+        reload("b", [K1, K3]); reload("a", [K1, K3]); progresses("KeyID 2 removed")
+        reload("a", [K1, K3, K4]); reload("b", [K1, K3, K4]); chat[0] = idle_chat; progresses("KeyID 2 reused by another key")
+        # 5. A reload that fails changes nothing.
+        good_a = read_file(ca)
+        check("send-id: 1," in good_a, "config layout changed")
+        reload("a", None, expect_ok=False, text=good_a.replace("send-id: 1,", "send-id: 999,"))
+        check("still running with the previous configuration" in da.log(), "the failed reload was not reported")
+        progresses("a failed reload")
+        # 6. The old keys go: only K4 is left.
+        reload("b", [K4, K3]); reload("a", [K4]); reload("b", [K4]); progresses("the old keys were removed")
+        open(stop, "w").close()
+        wait_for(lambda: read_file(src_res) and read_file(sink_res), "the transfer to end", 60)
+        check(read_file(src_res) == read_file(sink_res), "bulk data damaged: sent %s, received %s" % (read_file(src_res), read_file(sink_res)))
+        open(os.path.join(chat_dir, "go-end"), "w").close()
+        check(chat[0].wait(30) == 0, "the interactive session failed")
+        time.sleep(1.2)  # libpcap hands a block over on its 1 s retire timer (see Capture.stop)
+        cap.send_signal(signal.SIGINT)
+        cap.communicate(timeout=10)
+        # KeyIDs on the wire, per connection and direction, in order of appearance.
+        txt = sh(["tcpdump", "-nn", "-v", "-r", cap_path], timeout=120).stdout
+        runs = {}
+        for line in txt.splitlines():
+            m = re.search(r"(\d+\.\d+\.\d+\.\d+)\.(\d+) > (\d+\.\d+\.\d+\.\d+)\.(\d+):.*?keyid (\d+)", line)
+            if not m:
+                continue
+            port = "830" if "830" in (m.group(2), m.group(4)) else "9339"
+            key = "%s %s->" % (port, "A" if m.group(1) == "192.0.2.1" else "B")
+            r = runs.setdefault(key, [])
+            if not r or r[-1] != int(m.group(5)):
+                r.append(int(m.group(5)))
+        check(runs.get("830 A->") == [1, 3, 2] and runs.get("830 B->") == [1, 3, 2],
+              "bulk connection KeyIDs (expected 1, then 3, then 2 = K4): %s" % runs)
+        check(runs.get("9339 A->") == [2, 3, 2] and runs.get("9339 B->") == [2, 3, 2],
+              "session KeyIDs (expected 2 = K2, then 3, then 2 = K4): %s" % runs)
+        for d, who in ((da, "A"), (db, "B")):
+            s = d.stats()
+            drops = {k: v for k, v in s["counters"]["total"].items() if k.startswith("dropped-") and v}
+            check(not drops, "%s dropped segments during the reload sequence: %s" % (who, drops))
+        n, _ = read_file(sink_res).split()
+        log("    %d MB bulk intact, session answered %d times; KeyIDs %s; no drops" % (int(n) // 1000000, steps["chat"], runs))
+        da.stop()
+        db.stop()
+    finally:
+        topo.close()
+
+
 @test
 def bad_configuration_changes_nothing():
     """7. Bad config and unreadable key files give a clear message and a non-zero exit, and

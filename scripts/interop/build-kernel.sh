@@ -13,6 +13,11 @@
 # A cached build is reused without network access once the private trixie package lists exist;
 # TCPAOD_INTEROP_REFRESH=1 forces an `apt-get update` of those lists (and so a newer source).
 #
+# Pinning: TCPAOD_INTEROP_KERNEL_VERSION=<Debian version of linux-source-6.12> (e.g. 6.12.117-1)
+# uses exactly that source: its cached build if there is one (no network), else it is downloaded
+# and built. Debian's mirror carries only the current version; for an older one point
+# TCPAOD_INTEROP_TRIXIE_MIRROR at a snapshot, e.g. https://snapshot.debian.org/archive/debian/20251101T000000Z
+#
 # Usage: build-kernel.sh            (last stdout line: the bzImage path)
 set -euo pipefail
 
@@ -58,12 +63,16 @@ lists_present() {
     compgen -G "$APTDIR/lists/*_Packages*" >/dev/null
 }
 
-# 1. Which source version? Use the private lists if we have them (no network), else fetch them.
-VERSION=
-if [ "${TCPAOD_INTEROP_REFRESH:-0}" != 1 ] && lists_present; then
+# 1. Which source version? The pinned one; else the private lists' if we have them (no
+#    network), else fetch them.
+PIN=${TCPAOD_INTEROP_KERNEL_VERSION:-}
+VERSION=$PIN
+if [ -n "$PIN" ]; then
+    log "kernel source pinned by TCPAOD_INTEROP_KERNEL_VERSION: $SRC_PKG $PIN"
+elif [ "${TCPAOD_INTEROP_REFRESH:-0}" != 1 ] && lists_present; then
     VERSION=$(src_version || true)
 fi
-if [ -z "$VERSION" ]; then
+if [ -z "$VERSION" ] && [ -z "$PIN" ]; then
     interop_ensure_pkgs apt debian-archive-keyring
     private_update
     VERSION=$(src_version || true)
@@ -84,16 +93,26 @@ interop_ensure_pkgs build-essential bc flex bison libelf-dev libssl-dev cpio xz-
 DEB=$(compgen -G "$APTDIR/debs/${SRC_PKG}_${VERSION//:/%3a}_*.deb" | sed -n 1p || true)
 if [ -z "$DEB" ]; then
     rm -f "$APTDIR/debs/${SRC_PKG}_"*.deb
+    if [ -n "$PIN" ] && ! lists_present; then
+        interop_ensure_pkgs apt debian-archive-keyring
+        private_update
+    fi
     if ! (cd "$APTDIR/debs" && apt-get -qq "${APT_OPTS[@]}" download "$SRC_PKG=$VERSION" >/dev/null); then
         # Stale lists can name a version the mirror no longer has: refresh once and retry.
         private_update
-        NEW_VERSION=$(src_version)
-        [ "$NEW_VERSION" = "$VERSION" ] || {
-            log "trixie now has $SRC_PKG $NEW_VERSION; re-running"
-            exec 9>&-
-            exec "$0" "$@"
-        }
-        (cd "$APTDIR/debs" && apt-get -qq "${APT_OPTS[@]}" download "$SRC_PKG=$VERSION" >/dev/null)
+        if [ -n "$PIN" ]; then
+            # Pinned: that version or nothing (no re-run with whatever trixie has now).
+            (cd "$APTDIR/debs" && apt-get -qq "${APT_OPTS[@]}" download "$SRC_PKG=$VERSION" >/dev/null) \
+                || die "$SRC_PKG $PIN (TCPAOD_INTEROP_KERNEL_VERSION) is not available from $MIRROR (trixie has $(src_version || echo nothing)); for an older version set TCPAOD_INTEROP_TRIXIE_MIRROR to a snapshot.debian.org URL"
+        else
+            NEW_VERSION=$(src_version)
+            [ "$NEW_VERSION" = "$VERSION" ] || {
+                log "trixie now has $SRC_PKG $NEW_VERSION; re-running"
+                exec 9>&-
+                exec "$0" "$@"
+            }
+            (cd "$APTDIR/debs" && apt-get -qq "${APT_OPTS[@]}" download "$SRC_PKG=$VERSION" >/dev/null)
+        fi
     fi
     DEB=$(compgen -G "$APTDIR/debs/${SRC_PKG}_*.deb" | sed -n 1p)
 fi

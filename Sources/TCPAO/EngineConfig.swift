@@ -1,4 +1,5 @@
-import Synchronization
+// What the engine is told by the configuration: the peers with their key chains and
+// policies, the flow table's limits, and the snapshot that holds them (replaced on reload).
 
 /// What the engine knows of one configured peer: who it is, which key chain protects it, and
 /// the per-peer policies.
@@ -32,9 +33,7 @@ public struct PeerPolicy: Sendable {
     }
 
     /// The most option space a segment we sign for this peer can need (for MSS clamping).
-    public var maxAlignedOptionLength: Int {
-        keyChain.keys.map(\.algorithm.alignedOptionLength).max() ?? 16
-    }
+    public var maxAlignedOptionLength: Int { keyChain.longestOptionLength }
 }
 
 /// Timeouts and limits of the flow table.
@@ -90,63 +89,4 @@ public final class EngineConfig: Sendable {
         }
         return nil
     }
-}
-
-/// A TCP connection as seen from the protected side.
-public struct FlowKey: Hashable, Sendable, Codable, CustomStringConvertible {
-    public var local: IPAddress
-    public var remote: IPAddress
-    public var localPort: UInt16
-    public var remotePort: UInt16
-
-    public init(local: IPAddress, remote: IPAddress, localPort: UInt16, remotePort: UInt16) {
-        self.local = local
-        self.remote = remote
-        self.localPort = localPort
-        self.remotePort = remotePort
-    }
-
-    public var description: String {
-        let l = local.isV6 ? "[\(local)]" : "\(local)"
-        let r = remote.isV6 ? "[\(remote)]" : "\(remote)"
-        return "\(l):\(localPort) <-> \(r):\(remotePort)"
-    }
-}
-
-/// The connections in a synchronized state, across all workers, for RFC 5925 7.8: an ICMP
-/// error can reach a different worker than the connection it quotes (a router sent it).
-/// Written only when a connection becomes synchronized or ends, never per segment.
-public final class SynchronizedFlows: Sendable {
-    private let flows = Mutex<Set<FlowKey>>([])
-
-    public init() {}
-
-    public func insert(_ k: FlowKey) { flows.withLock { _ = $0.insert(k) } }
-    public func remove(_ k: FlowKey) { flows.withLock { _ = $0.remove(k) } }
-    public func contains(_ k: FlowKey) -> Bool { flows.withLock { $0.contains(k) } }
-    public var count: Int { flows.withLock { $0.count } }
-}
-
-/// The daemon-wide bound on tracked connections, shared by the workers' tables: one worker may
-/// hold most flows (NFQUEUE's queue balancing hashes addresses only), yet `max-flows` bounds
-/// the sum. Touched when a flow is created or removed, never per segment.
-public final class FlowBudget: Sendable {
-    public let limit: Int
-    private let used = Atomic<Int>(0)
-
-    public init(limit: Int) { self.limit = limit }
-
-    public var count: Int { used.load(ordering: .relaxed) }
-
-    func acquire() -> Bool {
-        var cur = used.load(ordering: .relaxed)
-        while cur < limit {
-            let (exchanged, now) = used.compareExchange(expected: cur, desired: cur + 1, ordering: .relaxed)
-            if exchanged { return true }
-            cur = now
-        }
-        return false
-    }
-
-    func release() { used.subtract(1, ordering: .relaxed) }
 }

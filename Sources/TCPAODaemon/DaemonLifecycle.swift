@@ -104,7 +104,7 @@ public final class Daemon: @unchecked Sendable {
         SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(DispatchTime.now().uptimeNanoseconds / 1000)")
         defer { SystemdNotify.send("READY=1") }
         let (newConfig, diags) = ConfigLoader.load(path: configPath, now: Int64(Date().timeIntervalSince1970), previous: config)
-        for d in diags where d.severity == .error { log.error("\(d.description)") }
+        for d in diags { if d.severity == .error { log.error("\(d.description)") } else { log.warning("\(d.description)") } }
         guard var c = newConfig else {
             log.error("reload of \(configPath) failed (\(diags.errors.count) error(s)); still running with the previous configuration")
             SystemdNotify.send("STATUS=reload failed; running the previous configuration")
@@ -126,6 +126,14 @@ public final class Daemon: @unchecked Sendable {
                 workers.forEach { $0.reconfigure(back) }
                 return
             }
+        }
+        for p in c.peers {
+            // Established connections reserved option room for the old chain's longest key
+            // (their MSS was lowered by that much); a longer key is used only by new ones.
+            guard let before = config.peers.first(where: { $0.name == p.name }),
+                  p.keyChain.longestOptionLength > before.keyChain.longestOptionLength else { continue }
+            let longer = p.keyChain.keys.filter { $0.algorithm.alignedOptionLength > before.keyChain.longestOptionLength }
+            log.warning("reload: peer \(p.name): \(longer.map { "\($0)" }.joined(separator: ", ")) needs a \(p.keyChain.longestOptionLength)-byte TCP-AO option; connections opened before this reload reserved \(before.keyChain.longestOptionLength) bytes, so they keep sending with a key that fits while one may send; new connections can use it")
         }
         config = c
         reloads += 1
