@@ -14,6 +14,8 @@ public enum AOOption {
     public static func insert(_ p: UnsafeMutableRawPointer, capacity: Int, _ seg: TCPSegment, macLength: Int,
                               keyID: UInt8, rnextKeyID: UInt8) throws(PacketError) -> TCPSegment {
         guard !seg.hasAO else { throw .duplicateAO }
+        // RFC 5925 2.2: TCP-AO and TCP-MD5 never together; refused before anything is edited.
+        guard !hasOption(p, seg, kind: Spec.md5Kind) else { throw .md5WithAO }
         let optionLength = Spec.aoHeaderLength + macLength
         let space = (optionLength + 3) & ~3
         guard space <= Spec.tcpMaxOptionSpace else { throw .noOptionSpace }
@@ -71,9 +73,12 @@ public enum AOOption {
         let removedSum = TCPChecksum.headerSum(p, s)
         var start = s.aoOffset
         var end = s.aoOffset + s.aoLength
-        // Take padding NOPs after, then before, the option until the removal is whole words.
+        // Take padding NOPs after, then before, the option until the removal is whole words. A
+        // byte after an option starts the next option; a byte before it may be the last data
+        // byte of the previous one, so only NOP options found by walking the list are taken.
+        let nops = nopRunStart(p, s, before: start)
         while (end - start) & 3 != 0 && end < s.optionsEnd && load8(p, end) == Spec.optNOP { end += 1 }
-        while (end - start) & 3 != 0 && start > s.optionsOffset && load8(p, start - 1) == Spec.optNOP { start -= 1 }
+        while (end - start) & 3 != 0 && start > nops { start -= 1 }
         var cut = end - start
         let leftover = cut & 3
         if leftover != 0 {
@@ -121,11 +126,50 @@ public enum AOOption {
         while i < endOpts {
             let k = load8(p, i)
             if k == Spec.optNOP { i += 1; continue }
+            guard i + 1 < endOpts else { return nil }
             let len = Int(load8(p, i + 1))
+            guard len >= 2, i + len <= endOpts else { return nil }
             if k == kind { return cut(p, seg, start: i, end: i + len) }
             i += len
         }
         return nil
+    }
+
+    /// Whether the options hold one of `kind` (a walk that stops at anything malformed).
+    static func hasOption(_ p: UnsafeRawPointer, _ seg: TCPSegment, kind: UInt8) -> Bool {
+        var i = seg.optionsOffset
+        let endOpts = seg.eolOffset >= 0 ? seg.eolOffset : seg.optionsEnd
+        while i < endOpts {
+            let k = load8(p, i)
+            if k == Spec.optNOP { i += 1; continue }
+            if k == kind { return true }
+            guard i + 1 < endOpts else { return false }
+            let len = Int(load8(p, i + 1))
+            guard len >= 2 else { return false }
+            i += len
+        }
+        return false
+    }
+
+    /// Where the run of NOP options that ends at `before` (an option boundary) starts: `before`
+    /// itself when the option before it is not a NOP. Found by walking the option list, since a
+    /// byte 0x01 just before an option may be data of the option before it.
+    static func nopRunStart(_ p: UnsafeRawPointer, _ seg: TCPSegment, before: Int) -> Int {
+        var i = seg.optionsOffset
+        var run = i
+        while i < before {
+            let k = load8(p, i)
+            if k == Spec.optNOP {
+                i += 1
+                continue
+            }
+            guard k != Spec.optEOL, i + 1 < before else { return before }
+            let len = Int(load8(p, i + 1))
+            guard len >= 2 else { return before }
+            i += len
+            run = i
+        }
+        return i == before ? run : before
     }
 
     /// Removes [start, end) of the options, widened over adjacent NOPs (or narrowed, leaving NOPs)
@@ -133,7 +177,8 @@ public enum AOOption {
     static func cut(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, start s0: Int, end e0: Int) -> TCPSegment? {
         var s = seg
         var start = s0, end = e0
-        while (end - start) & 3 != 0 && start > s.optionsOffset && load8(p, start - 1) == Spec.optNOP { start -= 1 }
+        let nops = nopRunStart(p, s, before: start)
+        while (end - start) & 3 != 0 && start > nops { start -= 1 }
         while (end - start) & 3 != 0 && end < s.optionsEnd && load8(p, end) == Spec.optNOP { end += 1 }
         let leftover = (end - start) & 3
         if leftover != 0 {

@@ -11,6 +11,14 @@ public enum Counter: Int, CaseIterable, Sendable {
     case flowsCreated
     case flowsExpired
     case flowsEvicted
+    /// Connections taken over from their stored label (after a restart or a failover) once a
+    /// segment verified with it, or we signed one with it.
+    case flowsRestored
+    /// A stored label whose state did not verify the segment (forged, stale): dropped.
+    case restoreFailed
+    /// Labels written (state changes only) and writes that failed.
+    case statesSaved
+    case stateSaveFailed
 
     public var label: String {
         switch self {
@@ -25,6 +33,10 @@ public enum Counter: Int, CaseIterable, Sendable {
         case .flowsCreated: "flows-created"
         case .flowsExpired: "flows-expired"
         case .flowsEvicted: "flows-evicted"
+        case .flowsRestored: "flows-restored"
+        case .restoreFailed: "restore-failed"
+        case .statesSaved: "states-saved"
+        case .stateSaveFailed: "state-save-failed"
         }
     }
 }

@@ -31,6 +31,8 @@ public struct AOEngine: ~Copyable {
     let synchronized: SynchronizedFlows?
     let budget: FlowBudget?
     var sweepCursor = 0
+    /// Where connections' labels are kept outside the process (nil: memory only).
+    public var stateStore: (any FlowStateStore)? = nil
 
     /// `budget`, when given, bounds the flows of all engines sharing it; each engine's own
     /// table holds at most `config.limits.maxFlows`.
@@ -164,13 +166,23 @@ public struct AOEngine: ~Copyable {
         var found = table.find(key, hash: h)
         var created = false
         if found == nil {
-            // 7.4 step 1.b: a segment of a connection whose SYN we never saw cannot be signed.
-            guard seg.isSYNWithoutACK else { return dropped(.noState, peer: peer) }
-            let e = FlowEntry(key: key, hash: h, peer: peer, state: FlowState(phase: .synSent, now: clock.mono))
+            var state = FlowState(phase: .synSent, now: clock.mono)
+            var restored = false
+            if !seg.isSYNWithoutACK {
+                // 7.4 step 1.b: a segment of a connection whose SYN we never saw cannot be
+                // signed -- unless its state was kept outside (a restart): then it is signed
+                // with that state (a wrong label only makes the peer drop it).
+                guard let l = loadLabel(key) else { return dropped(.noState, peer: peer) }
+                state = l.restoredState(now: clock.mono)
+                restored = true
+            }
+            var e = FlowEntry(key: key, hash: h, peer: peer, state: state)
+            if restored { e.savedLabel = FlowLabel(state) }
             guard let i = addFlow(e) else { return dropped(.flowTableFull, peer: peer) }
-            counters.bump(.flowsCreated, peer: peer)
+            counters.bump(restored ? .flowsRestored : .flowsCreated, peer: peer)
+            if restored { noteTransition(i, from: nil) }
             found = i
-            created = true
+            created = !restored
         }
         let i = found.unsafelyUnwrapped
         let chain = config.peers[peer].keyChain
@@ -218,6 +230,7 @@ public struct AOEngine: ~Copyable {
         }
         counters.bump(.signed, peer: peer)
         counters.bump(.signed, peer: peer, key: plan.mkt)
+        persist(i, peer: peer)
         return .acceptModified(length: s.length)
     }
 
@@ -251,10 +264,20 @@ public struct AOEngine: ~Copyable {
         }
         let keyID = seg.aoKeyID(p)
         let rnext = seg.aoRNextKeyID(p)
-        // No state yet: only a SYN may start it. The flow is created after the MAC checks out,
-        // so SYNs with bad MACs cost no memory.
-        let state = found.map { table.entries[$0].state } ?? FlowState(phase: .synReceived, now: clock.mono)
-        if found == nil && !seg.isSYNWithoutACK { return dropped(.noState, peer: peer) }
+        // No state yet: only a SYN may start it, or a state kept outside (a restart, a
+        // failover), which is taken only if this segment's MAC verifies with it. The flow is
+        // created after the MAC checks out, so SYNs with bad MACs cost no memory.
+        var restored = false
+        var state: FlowState
+        if let i = found {
+            state = table.entries[i].state
+        } else if seg.isSYNWithoutACK {
+            state = FlowState(phase: .synReceived, now: clock.mono)
+        } else {
+            guard let l = loadLabel(key) else { return dropped(.noState, peer: peer) }
+            state = l.restoredState(now: clock.mono)
+            restored = true
+        }
         let decision = state.planIngress(seg, keyID: keyID, macLength: seg.aoMACLength, chain: chain, wall: clock.wall)
         guard case .verify(let plan) = decision else {
             if case .drop(let r) = decision { return dropped(r, peer: peer) }
@@ -285,14 +308,17 @@ public struct AOEngine: ~Copyable {
         }
         guard ok else {
             counters.bump(.badMAC, peer: peer, key: plan.mkt)
+            if restored { counters.bump(.restoreFailed, peer: peer) }
             return dropped(.badMAC, peer: peer)
         }
         var slot = found
         if slot == nil {
-            guard let i = addFlow(FlowEntry(key: key, hash: h, peer: peer, state: state)) else {
+            var e = FlowEntry(key: key, hash: h, peer: peer, state: state)
+            if restored { e.savedLabel = FlowLabel(state) }
+            guard let i = addFlow(e) else {
                 return dropped(.flowTableFull, peer: peer)
             }
-            counters.bump(.flowsCreated, peer: peer)
+            counters.bump(restored ? .flowsRestored : .flowsCreated, peer: peer)
             slot = i
         }
         let i = slot.unsafelyUnwrapped
@@ -319,7 +345,27 @@ public struct AOEngine: ~Copyable {
             if limit > 0 && AOOption.clampMSS(p, s, to: UInt16(limit)) { counters.bump(.mssClamped, peer: peer) }
             if limit > 0 { table.entries[i].state.reservedOptionLength = UInt8(ao) }
         }
+        persist(i, peer: peer)
         return .acceptModified(length: s.length)
+    }
+
+    // MARK: state kept outside the process
+
+    /// The label stored for a connection the engine does not hold (nil without a store).
+    mutating func loadLabel(_ key: FlowKey) -> FlowLabel? {
+        guard let store = stateStore else { return nil }
+        return store.load(key)
+    }
+
+    /// Hands a connection's label to the store when it changed: at the SYN-ACK (both ISNs
+    /// known), when a direction's SNE or half changes, when current_key or the peer's
+    /// RNextKeyID changes. Never per segment otherwise: one comparison.
+    @inline(__always)
+    mutating func persist(_ i: Int, peer: Int) {
+        guard let store = stateStore, let l = FlowLabel(table.entries[i].state),
+              table.entries[i].savedLabel != l else { return }
+        table.entries[i].savedLabel = l
+        counters.bump(store.save(table.entries[i].key, l) ? .statesSaved : .stateSaveFailed, peer: peer)
     }
 
     // MARK: ICMP (RFC 5925 7.8)

@@ -18,6 +18,8 @@ struct FlowEntry: ~Copyable {
     var recv: MACKey? = nil
     var recvSerial: UInt64 = 0
     var recvAlgorithm = AOAlgorithm.hmacSHA1_96
+    /// The label last handed to the state store (written again only when it changes).
+    var savedLabel: FlowLabel? = nil
 
     init(key: FlowKey, hash: UInt32, peer: Int, state: FlowState) {
         self.key = key

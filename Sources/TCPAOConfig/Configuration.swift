@@ -16,6 +16,17 @@ public enum ExitPolicy: String, Sendable, CaseIterable {
     case keepRules = "keep-rules"
 }
 
+/// Where a flow's TCP-AO state (ISNs, SNEs, KeyIDs) is kept.
+public enum FlowStateStore: String, Sendable, CaseIterable {
+    /// Also in the kernel's conntrack entry of the connection (a 112-bit conntrack label), so
+    /// it outlives a restart of tcpaod and can be replicated (conntrackd). tcpaod's rules make
+    /// conntrack active for the protected flows and reserve label space. Falls back to
+    /// `memory` (logged) where conntrack or the connlabel match cannot be used.
+    case conntrack
+    /// Only in tcpaod's memory: connections do not survive a restart of tcpaod.
+    case memory
+}
+
 /// Which iptables front end installs the rules.
 public enum FirewallBackend: String, Sendable, CaseIterable {
     /// `iptables-restore` / `ip6tables-restore` as the system's alternatives select them.
@@ -36,6 +47,9 @@ public struct Configuration: Sendable {
     /// `--queue-bypass`: traffic flows unprotected when tcpaod is not running. Off by default.
     public var queueBypass = false
     public var onExit: ExitPolicy = .removeRules
+    public var flowState: FlowStateStore = .conntrack
+    /// First of the 112 conntrack label bits tcpaod uses (bits offset ..< offset + 112 of 128).
+    public var conntrackLabelOffset = 0
     /// Benchmark reference: same I/O path, no TCP-AO work.
     public var passthrough = false
     public var limits = FlowLimits()
@@ -57,6 +71,11 @@ public struct Configuration: Sendable {
     public var peers: [PeerPolicy] = []
 
     public init(file: String) { self.file = file }
+
+    /// conntrack label bits used per flow: two ISNs (64), two 16-bit SNEs (32), two KeyIDs (16).
+    public static let conntrackLabelBits = 112
+    /// The label bits tcpaod owns.
+    public var conntrackLabelBitRange: Range<Int> { conntrackLabelOffset ..< conntrackLabelOffset + Configuration.conntrackLabelBits }
 
     public var queues: ClosedRange<UInt16> { queue...UInt16(clamping: Int(queue) + threads - 1) }
 

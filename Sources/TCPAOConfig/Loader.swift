@@ -163,7 +163,7 @@ public struct ConfigLoader {
 
     // MARK: the document
 
-    static let topKeys = ["mode", "queue", "threads", "queue-bypass", "on-exit", "passthrough", "max-flows", "idle-timeout",
+    static let topKeys = ["mode", "queue", "threads", "queue-bypass", "on-exit", "flow-state", "conntrack-label-offset", "passthrough", "max-flows", "idle-timeout",
                           "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "firewall", "protected-prefixes",
                           "protect-loopback", "key-chains", "peers"]
 
@@ -200,6 +200,14 @@ public struct ConfigLoader {
             }
         }
         if let n = f["on-exit"]?.value, let v = choice(n, "on-exit", ExitPolicy.self) { cfg.onExit = v }
+        if let n = f["flow-state"]?.value, let v = choice(n, "flow-state", FlowStateStore.self) { cfg.flowState = v }
+        if let n = f["conntrack-label-offset"]?.value,
+           let v = int(n, "conntrack-label-offset", 0...(128 - Configuration.conntrackLabelBits), what: "label bit offset (tcpaod uses 112 of the 128 bits)") {
+            cfg.conntrackLabelOffset = v
+            if cfg.flowState == .memory {
+                report(.warning, n, "conntrack-label-offset", "used with flow-state: conntrack only", fix: "remove it, or set flow-state: conntrack")
+            }
+        }
         if let n = f["passthrough"]?.value, let v = bool(n, "passthrough") {
             cfg.passthrough = v
             if v { report(.warning, n, "passthrough", "TCP-AO is OFF: packets are queued and accepted unchanged (benchmarks only)", fix: "remove it") }

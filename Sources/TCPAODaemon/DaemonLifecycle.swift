@@ -40,11 +40,15 @@ public final class Daemon: @unchecked Sendable {
     var lastStatsLog = Date()
     let control = DispatchQueue(label: "tcpaod.control")
     var stopping = false
+    /// `tcpaod run --on-exit`: overrides the file's `on-exit` (the systemd unit keeps the rules
+    /// on SIGTERM and lets its ExecStopPost decide, see `StopPolicy`).
+    let onExitOverride: ExitPolicy?
 
-    public init(configPath: String, config: Configuration, manageRules: Bool, log: Logger) {
+    public init(configPath: String, config: Configuration, manageRules: Bool, onExit: ExitPolicy? = nil, log: Logger) {
         self.configPath = configPath
         self.config = config
         self.manageRules = manageRules
+        self.onExitOverride = onExit
         self.log = log
         firewall = Firewall(backend: config.firewall)
         budget = FlowBudget(limit: config.limits.maxFlows)
@@ -64,9 +68,18 @@ public final class Daemon: @unchecked Sendable {
             workers = []
             throw error
         }
+        resolveFlowState()
         if manageRules {
+            // The queues are bound: the rules (new, or an earlier run's taken over in place)
+            // have a live reader from the moment they change. See Firewall.install.
             do {
-                try firewall.install(RuleSet(config))
+                do {
+                    try firewall.install(RuleSet(config))
+                } catch where config.flowState == .conntrack {
+                    log.warning("flow-state: conntrack: the rules with the connlabel match were refused (\(error)); \(ConntrackRequirements.fallback)")
+                    config.flowState = .memory
+                    try firewall.install(RuleSet(config))
+                }
                 rulesInstalled = true
             } catch {
                 workers.forEach { $0.socket.close() }
@@ -78,12 +91,27 @@ public final class Daemon: @unchecked Sendable {
         installSignalHandlers()
         startStats()
         let peers = config.peers.map { "\($0.name) (\($0.prefix)\($0.ports.isEmpty ? "" : " ports " + $0.ports.map(String.init).joined(separator: ",")))" }
-        log.info("tcpaod running: mode \(config.mode.rawValue), queues \(config.queues.lowerBound)-\(config.queues.upperBound), rules \(manageRules ? "installed (\(config.firewall.rawValue))" : "not managed (--no-rules)"), peers: \(peers.joined(separator: "; "))")
+        log.info("tcpaod running: mode \(config.mode.rawValue), flow state \(config.flowState == .conntrack ? "conntrack (label bits \(config.conntrackLabelBitRange.lowerBound)-\(config.conntrackLabelBitRange.upperBound - 1))" : "memory"), queues \(config.queues.lowerBound)-\(config.queues.upperBound), rules \(manageRules ? "installed (\(config.firewall.rawValue))" : "not managed (--no-rules)"), peers: \(peers.joined(separator: "; "))")
         SystemdNotify.send("READY=1\nSTATUS=protecting \(config.peers.count) peer(s)")
     }
 
+    /// `flow-state: conntrack` where it cannot work becomes `memory`, said plainly in the log.
+    /// (The rules then carry no connlabel match; reloads keep the value chosen here.)
+    func resolveFlowState() {
+        guard config.flowState == .conntrack else {
+            log.info("flow-state: memory: \(ConntrackRequirements.fallback)")
+            return
+        }
+        let problems = ConntrackRequirements.problems(backend: config.firewall, needIPv6: RuleSet(config).v6 != nil)
+        guard problems.isEmpty else {
+            log.warning("flow-state: conntrack cannot be used here: \(problems.joined(separator: "; ")); \(ConntrackRequirements.fallback)")
+            config.flowState = .memory
+            return
+        }
+    }
+
     func installSignalHandlers() {
-        for s in [SIGTERM, SIGINT, SIGHUP, SIGUSR1] {
+        for s in [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2] {
             signal(s, SIG_IGN)
             let src = DispatchSource.makeSignalSource(signal: s, queue: control)
             src.setEventHandler { [unowned self] in
@@ -115,6 +143,11 @@ public final class Daemon: @unchecked Sendable {
         if c.queue != config.queue || c.threads != config.threads { restartOnly.append("queue/threads"); c.queue = config.queue; c.threads = config.threads }
         if c.firewall != config.firewall { restartOnly.append("firewall"); c.firewall = config.firewall }
         if c.limits.maxFlows != config.limits.maxFlows { restartOnly.append("max-flows"); c.limits.maxFlows = config.limits.maxFlows }
+        if c.flowState != config.flowState || c.conntrackLabelOffset != config.conntrackLabelOffset {
+            // Also keeps a start-up fallback to memory (conntrack unusable) across reloads.
+            if c.conntrackLabelOffset != config.conntrackLabelOffset || (c.flowState == .memory) { restartOnly.append("flow-state") }
+            c.flowState = config.flowState; c.conntrackLabelOffset = config.conntrackLabelOffset
+        }
         if !restartOnly.isEmpty { log.warning("reload: \(restartOnly.joined(separator: ", ")) change only on restart; applying the rest") }
         // The engines learn the new peers and keys before the rules send them new traffic; if
         // the rules cannot be replaced (atomically: the old ones stay), the engines go back.
@@ -142,23 +175,31 @@ public final class Daemon: @unchecked Sendable {
         log.notice("configuration reloaded; preferred keys: \(sending.joined(separator: "; "))")
     }
 
-    // MARK: stop (SIGTERM, SIGINT)
+    // MARK: stop (SIGTERM, SIGINT; SIGUSR2: stop for a restart)
 
+    /// SIGTERM/SIGINT: a deliberate stop, the rules go (unless on-exit: keep-rules, from the
+    /// file or `--on-exit`). SIGUSR2: a restart follows, the rules stay so that protected
+    /// traffic is dropped, never sent unsigned, until the next tcpaod takes them over.
     func stop(signal s: Int32) {
         guard !stopping else { return }
         stopping = true
-        log.notice("stopping (signal \(s))")
+        let restart = s == SIGUSR2
+        let keep = restart || (onExitOverride ?? config.onExit) == .keepRules
+        log.notice(restart ? "stopping for a restart (SIGUSR2): the rules stay" : "stopping (signal \(s))")
         SystemdNotify.send("STOPPING=1")
         statsTimer?.cancel()
         // Rules first, so that nothing new is queued; then the last verdicts.
-        if rulesInstalled && config.onExit == .removeRules {
+        if rulesInstalled && !keep {
             firewall.remove()
             rulesInstalled = false
         }
         for w in workers { w.stop() }
         writeStats()
         logStats(force: true)
-        if rulesInstalled { log.notice("rules kept (on-exit: keep-rules): protected traffic is dropped until tcpaod runs again") }
+        if rulesInstalled {
+            let why = restart ? "SIGUSR2" : onExitOverride == .keepRules ? "--on-exit keep-rules" : "on-exit: keep-rules"
+            log.notice("rules kept (\(why)): protected traffic is dropped until tcpaod runs again (`tcpaod rules --remove` clears them)")
+        }
         log.notice("stopped")
         exit(0)
     }

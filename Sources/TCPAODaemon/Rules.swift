@@ -1,6 +1,9 @@
 import Foundation
 import TCPAO
 import TCPAOConfig
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The iptables/ip6tables rules that send the configured peers' TCP traffic (and ICMP hard
 /// errors, RFC 5925 7.8) to tcpaod's queues. They live in tcpaod's own chains of the mangle
@@ -8,9 +11,16 @@ import TCPAOConfig
 /// so the operator's filter rules still apply to what tcpaod accepts (an NFQUEUE accept ends
 /// the traversal of the table it was given in). In host mode the loopback interface is left
 /// out (`! -o lo`, `! -i lo`) unless `protect-loopback: true`.
+///
+/// With `flow-state: conntrack` each chain starts with a rule that has no target, so it changes
+/// no packet's path: `-m connlabel --label N` (no `--set`). Its presence is what the kernel
+/// needs: the connlabel match turns conntrack on for the namespace (`nf_ct_netns_get`), and a
+/// conntrack entry gets label space at creation only while something uses labels (without it,
+/// writing a label fails with ENOSPC).
 public struct RuleSet: Sendable, Equatable {
     public static let table = "mangle"
     public static let comment = "tcpaod"
+    public static let labelComment = "tcpaod: reserve conntrack labels"
     /// (built-in chain, tcpaod chain) pairs a mode uses.
     public static func chains(_ mode: Mode) -> [(String, String)] {
         mode == .host ? [("OUTPUT", "TCPAOD-OUT"), ("INPUT", "TCPAOD-IN")] : [("FORWARD", "TCPAOD-FWD")]
@@ -52,6 +62,12 @@ public struct RuleSet: Sendable, Equatable {
         // too. (Forwarded traffic never crosses lo, so FORWARD needs no such match.)
         let skipLoopback = cfg.mode == .host && !cfg.protectLoopback
         let notOutLo = skipLoopback ? " ! -o lo" : "", notInLo = skipLoopback ? " ! -i lo" : ""
+        if cfg.flowState == .conntrack {
+            // Counter only (no -j): reserves label space and keeps conntrack active (above).
+            for (_, c) in chains {
+                out.append("-A \(c) -p tcp -m connlabel --label \(cfg.conntrackLabelOffset) -m comment --comment \"\(labelComment)\"")
+            }
+        }
         for p in peers {
             var portMatches = [""]
             if !p.ports.isEmpty {
@@ -117,17 +133,38 @@ public struct Firewall: Sendable {
         return (p.terminationStatus, String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
-    /// Installs `rules` after removing any left by an earlier run. On failure nothing of tcpaod's
-    /// stays installed.
+    /// Installs `rules`, taking over in place whatever an earlier run left (issue 10): the
+    /// caller has bound its queues already, so the moment the new rules are in, a live process
+    /// answers them. Per family:
+    /// * tcpaod's chains or jumps exist (an earlier run was killed, or stopped for a restart):
+    ///   one `iptables-restore --noflush` transaction declares (flushes) and refills the chains
+    ///   and keeps exactly one jump each, so no segment passes unqueued at any moment; the other
+    ///   mode's chains, and a family that no longer has peers, are removed only after every
+    ///   family's new rules are in. If the kernel refuses the new rules it keeps the old ones
+    ///   (the transaction is atomic): protected traffic stays blocked (fail closed).
+    /// * nothing of tcpaod's exists: installed whole; on failure nothing of tcpaod's stays.
     public func install(_ rules: RuleSet) throws {
-        remove()
+        var fresh: [Bool] = [], cleanups: [(Bool, String)] = []
         for (v6, script) in [(false, rules.v4), (true, rules.v6)] {
-            guard let script else { continue }
-            if let e = restore(v6, script) {
-                remove()
-                throw e
+            let listing = Firewall.run(tool(v6, restore: false), ["-w", "-t", RuleSet.table, "-S"])
+            // An unreadable table (no such tool, no ip6tables support) with no rules wanted is
+            // nothing to take over; with rules wanted the restore below says what is wrong.
+            let state = listing.0 == 0 ? FirewallState(listing: listing.1) : FirewallState()
+            if let script {
+                if state.isEmpty {
+                    if let e = restore(v6, script) { fresh.forEach { remove(v6: $0) }; remove(v6: v6); throw e }
+                    fresh.append(v6)
+                } else {
+                    if let e = restore(v6, RuleSet.takeover(script, existing: state)) {
+                        fresh.forEach { remove(v6: $0) }
+                        throw Failure(description: "\(e) (the rules of the earlier run stay in place: protected traffic is dropped until tcpaod runs)")
+                    }
+                }
             }
+            let keep = script == nil ? [] : RuleSet.chainNames(in: script!)
+            if let c = RuleSet.cleanup(existing: state, keeping: keep) { cleanups.append((v6, c)) }
         }
+        for (v6, c) in cleanups where restore(v6, c) != nil { remove(v6: v6, keeping: v6 ? rules.v6 : rules.v4) }
     }
 
     /// Replaces the running rules `old` by `new` without a moment unprotected: where a family
@@ -165,9 +202,11 @@ public struct Firewall: Sendable {
         remove(v6: true)
     }
 
-    func remove(v6: Bool) {
+    /// Removes this family's tcpaod chains, except those `keeping`'s script declares.
+    func remove(v6: Bool, keeping: String? = nil) {
         let t = tool(v6, restore: false)
-        for (builtin, chain) in RuleSet.allChains {
+        let keep = keeping.map(RuleSet.chainNames(in:)) ?? []
+        for (builtin, chain) in RuleSet.allChains where !keep.contains(chain) {
             // Every jump to the chain (up to 16, should several runs have left one each).
             for _ in 0..<16 {
                 let (rc, _) = Firewall.run(t, ["-w", "-t", RuleSet.table, "-D", builtin, "-m", "comment", "--comment", RuleSet.comment, "-j", chain])
@@ -177,4 +216,187 @@ public struct Firewall: Sendable {
             Firewall.run(t, ["-w", "-t", RuleSet.table, "-X", chain])
         }
     }
+}
+
+/// What of tcpaod's is in a family's mangle table now, from `iptables -t mangle -S`.
+public struct FirewallState: Sendable, Equatable {
+    /// tcpaod chains that exist.
+    public var chains: Set<String> = []
+    /// tcpaod chain -> how many of tcpaod's jumps (`-m comment --comment tcpaod -j CHAIN` in
+    /// the chain's built-in chain) lead to it.
+    public var jumps: [String: Int] = [:]
+
+    public init() {}
+
+    public init(listing: String) {
+        for line in listing.split(separator: "\n").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            for (builtin, chain) in RuleSet.allChains {
+                if line == "-N \(chain)" { chains.insert(chain) }
+                if line == "-A \(builtin) -m comment --comment \(RuleSet.comment) -j \(chain)" { jumps[chain, default: 0] += 1 }
+            }
+        }
+    }
+
+    public var isEmpty: Bool { chains.isEmpty && jumps.values.allSatisfy { $0 == 0 } }
+}
+
+extension RuleSet {
+    static func jump(_ builtin: String, _ chain: String) -> String { "-m comment --comment \(comment) -j \(chain)" }
+
+    /// The tcpaod chains a script declares.
+    static func chainNames(in script: String) -> Set<String> {
+        Set(script.split(separator: "\n").compactMap { l in
+            l.hasPrefix(":TCPAOD-") ? String(l.dropFirst().prefix { $0 != " " }) : nil
+        })
+    }
+
+    /// `script` (a family's rules as `init` makes them) rewritten to take over `existing` in one
+    /// transaction: declaring a chain flushes it (or creates it), so the chains are refilled; a
+    /// jump already there is kept rather than inserted again, and surplus copies (several runs
+    /// each inserted one) are deleted, so exactly one jump per chain is left.
+    public static func takeover(_ script: String, existing: FirewallState) -> String {
+        var out: [String] = []
+        for line in script.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
+            guard line.hasPrefix("-I "), let chain = line.split(separator: " ").last.map(String.init),
+                  let builtin = line.split(separator: " ").dropFirst().first.map(String.init) else {
+                out.append(line)
+                continue
+            }
+            let n = existing.jumps[chain] ?? 0
+            if n == 0 { out.append(line) }
+            for _ in 0..<max(0, n - 1) { out.append("-D \(builtin) \(jump(builtin, chain))") }
+        }
+        return out.joined(separator: "\n")
+    }
+
+    /// The transaction that removes tcpaod's chains not in `keeping` (another mode's, from an
+    /// earlier run; or all of a family that no longer has peers): their jumps, then the chains.
+    /// nil when there is nothing to remove.
+    public static func cleanup(existing: FirewallState, keeping: Set<String>) -> String? {
+        let gone = allChains.filter { !keeping.contains($0.1) && existing.chains.contains($0.1) }.map(\.1)
+        var out = ["*\(table)"] + gone.map { ":\($0) - [0:0]" } // flushed, so that they can be deleted
+        for (builtin, chain) in allChains where !keeping.contains(chain) {
+            for _ in 0..<(existing.jumps[chain] ?? 0) { out.append("-D \(builtin) \(jump(builtin, chain))") }
+        }
+        out += gone.map { "-X \($0)" }
+        guard out.count > 1 else { return nil }
+        out.append("COMMIT")
+        return out.joined(separator: "\n") + "\n"
+    }
+}
+
+/// Stop or restart: whether tcpaod's rules go when the daemon stops (issue 10).
+///
+/// A deliberate stop removes the rules (unless `on-exit: keep-rules`); a restart must keep them,
+/// so that protected traffic is dropped, never sent unsigned, until the next process takes them
+/// over. By hand: SIGTERM/SIGINT stop, SIGUSR2 stops for a restart. Under systemd the daemon
+/// runs with `--on-exit keep-rules` and never removes them itself; the unit's `ExecStopPost=`
+/// (`tcpaod rules --remove-unless-restarting`) decides with `decide`, from what systemd tells
+/// it: `$SERVICE_RESULT` (systemd >= 232; Debian 12 has 252) and the unit's job
+/// (`systemctl list-jobs`): a `systemctl stop` runs a "stop" job until the unit is inactive, a
+/// `systemctl restart` a "restart" job; after a crash no job is queued yet (Restart=on-failure
+/// queues one once ExecStopPost is done) and SERVICE_RESULT is not "success".
+public enum StopPolicy {
+    /// The unit's job as `systemctl list-jobs` shows it.
+    public enum Job: Equatable, Sendable {
+        /// systemctl answered and the unit has no job.
+        case none
+        /// "stop", "restart", "start", "try-restart", ...
+        case type(String)
+        /// systemctl could not be asked (no systemd, no bus).
+        case unknown
+    }
+
+    public struct Decision: Equatable, Sendable {
+        public var removeRules: Bool
+        public var reason: String
+    }
+
+    /// Removes the rules only when sure the unit is being stopped; keeps them (fail closed)
+    /// whenever a restart follows or it cannot tell.
+    public static func decide(onExit: ExitPolicy, serviceResult: String?, job: Job) -> Decision {
+        if onExit == .keepRules {
+            return Decision(removeRules: false, reason: "on-exit: keep-rules")
+        }
+        switch job {
+        case .type("stop"):
+            return Decision(removeRules: true, reason: "the unit is being stopped (stop job)")
+        case .type(let t):
+            return Decision(removeRules: false, reason: "a \(t) job follows (restart): the next tcpaod takes the rules over")
+        case .none, .unknown:
+            let asked = job == .unknown ? " and systemd could not be asked for the unit's job" : ""
+            guard let r = serviceResult, !r.isEmpty else {
+                return Decision(removeRules: false, reason: "not run by systemd as ExecStopPost (no SERVICE_RESULT)\(asked); remove them with `tcpaod rules --remove`")
+            }
+            if r != "success" {
+                return Decision(removeRules: false, reason: "the daemon failed (SERVICE_RESULT=\(r)); Restart=on-failure starts it again")
+            }
+            return Decision(removeRules: false, reason: "the daemon exited without a stop job (SERVICE_RESULT=success)\(asked): cannot tell a stop from a restart; remove them with `tcpaod rules --remove` or use `systemctl stop`")
+        }
+    }
+
+    /// The type of `unit`'s job in `systemctl list-jobs --no-legend --full` output
+    /// (columns: JOB UNIT TYPE STATE).
+    public static func job(of unit: String, listJobs output: String) -> Job {
+        for line in output.split(separator: "\n") {
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            if f.count >= 3, f[1] == unit { return .type(String(f[2])) }
+        }
+        return .none
+    }
+
+    /// Asks systemd for `unit`'s job.
+    public static func currentJob(of unit: String) -> Job {
+        let (rc, out) = Firewall.run("systemctl", ["list-jobs", "--no-legend", "--full", "--no-pager"])
+        return rc == 0 ? job(of: unit, listJobs: out) : .unknown
+    }
+}
+
+/// Whether `flow-state: conntrack` can be used here, without changing anything: conntrack in
+/// the kernel, the connlabel match in the kernel and in the iptables in use.
+public enum ConntrackRequirements {
+    /// What is missing, each as a plain sentence; empty when everything is there.
+    public static func problems(backend: FirewallBackend, needIPv6: Bool = true) -> [String] {
+        var out: [String] = []
+        let fm = FileManager.default
+        let release = kernelRelease()
+        // A module is there when loaded (/sys/module), built in, or installed (modules.dep).
+        // Under systemd, ExecStartPre loads them (ProtectKernelModules hides /lib/modules).
+        func module(_ name: String) -> Bool {
+            if fm.fileExists(atPath: "/sys/module/\(name)") { return true }
+            for list in ["modules.builtin", "modules.dep"] {
+                guard let text = try? String(contentsOfFile: "/lib/modules/\(release)/\(list)", encoding: .utf8) else { continue }
+                if text.contains("/\(name).ko") { return true }
+            }
+            return false
+        }
+        if !fm.fileExists(atPath: "/proc/sys/net/netfilter/nf_conntrack_max") && !module("nf_conntrack") {
+            out.append("the kernel has no connection tracking (nf_conntrack is neither loaded nor in /lib/modules/\(release))")
+        }
+        // Registered matches (built in or loaded) are listed per family under /proc/net.
+        let registered = ["/proc/net/ip_tables_matches", "/proc/net/ip6_tables_matches"].contains { path in
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").contains("connlabel")
+        }
+        if !registered && !module("xt_connlabel") {
+            out.append("the kernel has no connlabel match (not in /proc/net/ip_tables_matches; xt_connlabel is neither loaded nor in /lib/modules/\(release))")
+        }
+        let fw = Firewall(backend: backend)
+        for v6 in needIPv6 ? [false, true] : [false] {
+            let t = fw.tool(v6, restore: false)
+            let (rc, msg) = Firewall.run(t, ["-m", "connlabel", "--help"])
+            if rc != 0 {
+                out.append("\(t) does not support -m connlabel (`\(t) -m connlabel --help`: \(msg.split(separator: "\n").last.map(String.init) ?? "exit \(rc)"))")
+            }
+        }
+        return out
+    }
+
+    static func kernelRelease() -> String {
+        var u = utsname()
+        uname(&u)
+        return withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
+    /// What tcpaod does when conntrack cannot be used.
+    public static let fallback = "tcpaod keeps flow state in memory only: connections do not survive a restart of tcpaod"
 }

@@ -16,8 +16,10 @@ struct Run: ParsableCommand {
         Binds one NFQUEUE per thread, installs tcpaod's iptables/ip6tables chains (mangle table) sending the \
         configured peers' TCP traffic to them, then signs egress segments and verifies and strips ingress ones. \
         SIGHUP re-reads the configuration (new keys reach running connections through RNextKeyID); SIGTERM or \
-        SIGINT removes the rules and gives every queued packet its verdict before exiting. A bad configuration \
-        changes nothing and exits 1.
+        SIGINT removes the rules (unless on-exit: keep-rules) and gives every queued packet its verdict before \
+        exiting; SIGUSR2 does the same but keeps the rules, for a restart: protected traffic is dropped, never \
+        sent unsigned, until the next `tcpaod run` binds its queues and takes the rules over in place. \
+        A bad configuration changes nothing and exits 1.
         """)
 
     @Option(name: .shortAndLong, help: "Configuration file.")
@@ -26,7 +28,18 @@ struct Run: ParsableCommand {
     @Flag(help: "Do not install or remove iptables rules (the operator manages them; see `tcpaod rules`).")
     var noRules = false
 
+    @Option(help: ArgumentHelp("What SIGTERM/SIGINT do with the rules, overriding the file's on-exit: remove-rules or keep-rules. The systemd unit passes keep-rules and removes them in ExecStopPost unless restarting.", valueName: "policy"))
+    var onExit: String?
+
     func run() throws {
+        var exitPolicy: ExitPolicy?
+        if let onExit {
+            guard let p = ExitPolicy(rawValue: onExit) else {
+                FileHandle.standardError.write(Data("tcpaod: --on-exit \(onExit): write remove-rules or keep-rules\n".utf8))
+                throw ExitCode(2)
+            }
+            exitPolicy = p
+        }
         let cfg = try loadConfiguration(config)
         let level = Logger.Level(rawValue: cfg.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -34,7 +47,7 @@ struct Run: ParsableCommand {
             h.logLevel = level
             return h
         }
-        let daemon = Daemon(configPath: config, config: cfg, manageRules: !noRules, log: Logger(label: "tcpaod"))
+        let daemon = Daemon(configPath: config, config: cfg, manageRules: !noRules, onExit: exitPolicy, log: Logger(label: "tcpaod"))
         do { try daemon.start() } catch {
             FileHandle.standardError.write(Data("tcpaod: \(error)\n".utf8))
             throw ExitCode(1)
@@ -46,7 +59,13 @@ struct Run: ParsableCommand {
 struct Rules: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the iptables and ip6tables rules tcpaod would install (iptables-restore --noflush input).",
-        discussion: "For operators who manage their own rules and run `tcpaod run --no-rules`. With --remove, deletes tcpaod's chains instead (e.g. after on-exit: keep-rules).")
+        discussion: """
+        For operators who manage their own rules and run `tcpaod run --no-rules`. With --remove, deletes tcpaod's \
+        chains instead (e.g. after on-exit: keep-rules). --remove-unless-restarting is the systemd unit's \
+        ExecStopPost: it removes them only when the unit is being stopped (a stop job), and keeps them when a \
+        restart follows (a restart job, or the daemon failed and Restart=on-failure starts it again) or when it \
+        cannot tell (fail closed).
+        """)
 
     @Option(name: .shortAndLong, help: "Configuration file.")
     var config: String
@@ -54,7 +73,26 @@ struct Rules: ParsableCommand {
     @Flag(help: "Remove tcpaod's chains and jumps from the running system.")
     var remove = false
 
+    @Flag(help: "systemd ExecStopPost: remove the rules only if the unit is being stopped, not restarted ($SERVICE_RESULT, systemctl list-jobs).")
+    var removeUnlessRestarting = false
+
+    @Option(help: "The systemd unit (with --remove-unless-restarting; the unit file passes %n).")
+    var unit = "tcpaod.service"
+
     func run() throws {
+        if removeUnlessRestarting {
+            // A configuration that no longer loads: its on-exit is unknown, keep the rules.
+            let cfg: Configuration
+            do { cfg = try loadConfiguration(config, quietWarnings: true) } catch {
+                print("tcpaod: rules kept: \(config) does not load, so whether to keep them is unknown (fail closed); `tcpaod rules --remove` clears them")
+                throw error
+            }
+            let env = ProcessInfo.processInfo.environment
+            let d = StopPolicy.decide(onExit: cfg.onExit, serviceResult: env["SERVICE_RESULT"], job: StopPolicy.currentJob(of: unit))
+            if d.removeRules { Firewall(backend: cfg.firewall).remove() }
+            print("tcpaod: rules \(d.removeRules ? "removed" : "kept"): \(d.reason) (SERVICE_RESULT=\(env["SERVICE_RESULT"] ?? "-") EXIT_CODE=\(env["EXIT_CODE"] ?? "-") EXIT_STATUS=\(env["EXIT_STATUS"] ?? "-"))")
+            return
+        }
         let cfg = try loadConfiguration(config, quietWarnings: true)
         if remove {
             Firewall(backend: cfg.firewall).remove()

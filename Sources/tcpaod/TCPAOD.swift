@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TCPAO
 import TCPAOConfig
+import TCPAODaemon
 
 @main
 struct TCPAOD: ParsableCommand {
@@ -46,6 +47,21 @@ struct Check: ParsableCommand {
             let chain = p.keyChain
             let send = chain.preferredSendKey(at: now).map { "\(chain.keys[$0])" } ?? "none"
             print("  peer \(p.name): \(p.prefix) ports \(p.ports.isEmpty ? "all" : p.ports.map(String.init).joined(separator: ",")), chain \(chain.name), sends with \(send)")
+        }
+        // Looks only (files under /proc, /sys, /lib/modules; `iptables -m connlabel --help`).
+        switch cfg.flowState {
+        case .memory:
+            print("  flow state: memory (flow-state: memory): connections do not survive a restart of tcpaod")
+        case .conntrack:
+            let problems = ConntrackRequirements.problems(backend: cfg.firewall, needIPv6: RuleSet(cfg).v6 != nil)
+            if problems.isEmpty {
+                let r = cfg.conntrackLabelBitRange
+                print("  flow state: conntrack: tcpaod's rules make conntrack active for the protected flows and reserve label space; tcpaod uses label bits \(r.lowerBound)-\(r.upperBound - 1)")
+            } else {
+                print("  flow state: conntrack CANNOT be used here:")
+                for p in problems { print("    - \(p)") }
+                print("    so \(ConntrackRequirements.fallback) (set flow-state: memory to say so and silence this)")
+            }
         }
     }
 }

@@ -52,40 +52,6 @@ func ipv4HeaderChecksumIsValid(_ p: UnsafeRawPointer) -> Bool {
     return InternetChecksum.finish(InternetChecksum.sum(p, ihl)) == 0
 }
 
-/// Known findings the long runs step over (FUZZ_TOLERATE_KNOWN=1), so that one finding does not
-/// stop them; scripts/fuzz and the regression inputs run without it.
-let tolerateKnown: Bool = getenv("FUZZ_TOLERATE_KNOWN") != nil
-
-/// Known finding 2: the option cutting (`AOOption.cut`, used by `strip` and by the trimming in
-/// `insert`) widens a cut backwards over a preceding byte 0x01 taking it for a NOP, though it can
-/// be the last data byte of the option before; the options are then corrupt, `cut` returns nil
-/// after editing the packet, and `removeOption` walks the corrupt options with the stale segment
-/// into an option of length 0: an endless loop (a SYN from a protected host hangs the worker).
-/// True when some option follows (after any NOPs) an option whose last data byte is 0x01 (a
-/// superset of the inputs that reach it); the long runs skip those editing paths with FUZZ_TOLERATE_KNOWN=1.
-func hasNOPLikeDataBeforeOption(_ p: UnsafeRawPointer, _ seg: TCPSegment) -> Bool {
-    var i = seg.optionsOffset
-    var lastDataByteIsOne = false
-    while i < seg.optionsEnd {
-        let k = p.load(fromByteOffset: i, as: UInt8.self)
-        if k == 0 { return false }
-        if k == 1 { i += 1; continue } // the widening walks over real NOPs too
-        if lastDataByteIsOne { return true }
-        guard i + 1 < seg.optionsEnd else { return false }
-        let len = max(2, Int(p.load(fromByteOffset: i + 1, as: UInt8.self)))
-        guard i + len <= seg.optionsEnd else { return false }
-        lastDataByteIsOne = p.load(fromByteOffset: i + len - 1, as: UInt8.self) == 1
-        i += len
-    }
-    return false
-}
-
-/// For the engine targets: whether a packet is one of known finding 2's (when tolerated).
-func skipKnown(_ p: UnsafeRawPointer, count: Int) -> Bool {
-    guard tolerateKnown, let s = try? TCPSegment.parse(p, count: count) else { return false }
-    return hasNOPLikeDataBeforeOption(p, s)
-}
-
 /// Whether the TCP header at `seg` has an option of `kind` (before any EOL).
 func hasOption(_ p: UnsafeRawPointer, _ seg: TCPSegment, kind: UInt8) -> Bool {
     var i = seg.optionsOffset

@@ -76,7 +76,8 @@ import TCPAOConfig
         """
         let r = RuleSet(try config(body))
         for script in [try #require(r.v4), try #require(r.v6)] {
-            let rules = script.split(separator: "\n").filter { $0.hasPrefix("-A ") }
+            // (The counter-only connlabel rules of flow-state: conntrack queue nothing.)
+            let rules = script.split(separator: "\n").filter { $0.hasPrefix("-A ") && !$0.contains("connlabel") }
             #expect(rules.count == 2 + (script == r.v4 ? 3 : 2)) // egress, ingress, ICMP hard errors
             #expect(rules.allSatisfy { $0.hasPrefix("-A TCPAOD-OUT ! -o lo ") || $0.hasPrefix("-A TCPAOD-IN ! -i lo ") }, "\(script)")
             // The jumps stay as they are, so `rules --remove` and reloads find them.
@@ -99,5 +100,132 @@ import TCPAOConfig
         let r = RuleSet(try config("peers:\n  - { name: p, prefix: 198.51.100.0/24, ports: [\(ports)], key-chain: k }"))
         let lines = try #require(r.v4).split(separator: "\n").filter { $0.contains("multiport") }
         #expect(lines.count == 4) // 15 + 5 ports, egress and ingress
+    }
+
+    // MARK: conntrack-backed flow state (issue 10)
+
+    /// flow-state: conntrack (the default) opens every tcpaod chain with a counter-only connlabel
+    /// match: it reserves label space and turns conntrack on, and changes no packet's path.
+    @Test func conntrackRulesReserveLabelsFirstInEveryChain() throws {
+        let peers = "peers:\n  - { name: a, prefix: 192.0.2.0/24, key-chain: k }\n  - { name: b, prefix: \"2001:db8::/32\", key-chain: k }"
+        let host = RuleSet(try config("mode: host\n" + peers))
+        for script in [try #require(host.v4), try #require(host.v6)] {
+            let rules = script.split(separator: "\n").filter { $0.hasPrefix("-A ") }.map(String.init)
+            #expect(rules.prefix(2) == [
+                "-A TCPAOD-OUT -p tcp -m connlabel --label 0 -m comment --comment \"tcpaod: reserve conntrack labels\"",
+                "-A TCPAOD-IN -p tcp -m connlabel --label 0 -m comment --comment \"tcpaod: reserve conntrack labels\"",
+            ], "\(script)")
+            #expect(rules.filter { $0.contains("connlabel") }.allSatisfy { !$0.contains(" -j ") && !$0.contains("--set") })
+            #expect(rules.dropFirst(2).allSatisfy { $0.contains("-j NFQUEUE") })
+        }
+        let gw = RuleSet(try config("mode: gateway\nconntrack-label-offset: 16\n" + peers))
+        #expect(try #require(gw.v4).contains("*mangle\n:TCPAOD-FWD - [0:0]\n-I FORWARD 1 -m comment --comment tcpaod -j TCPAOD-FWD\n-A TCPAOD-FWD -p tcp -m connlabel --label 16 -m comment"))
+        let memory = RuleSet(try config("flow-state: memory\n" + peers))
+        let m4 = try #require(memory.v4), m6 = try #require(memory.v6)
+        #expect(!m4.contains("connlabel") && !m6.contains("connlabel"))
+        #expect(memory != host) // a change of flow-state changes the rules
+    }
+
+    // MARK: taking over an earlier run's rules (issue 10)
+
+    static let listing = """
+    -P PREROUTING ACCEPT
+    -P INPUT ACCEPT
+    -P FORWARD ACCEPT
+    -P OUTPUT ACCEPT
+    -P POSTROUTING ACCEPT
+    -N TCPAOD-FWD
+    -N TCPAOD-IN
+    -N TCPAOD-OUT
+    -N OTHER
+    -A INPUT -m comment --comment tcpaod -j TCPAOD-IN
+    -A INPUT -j OTHER
+    -A FORWARD -m comment --comment tcpaod -j TCPAOD-FWD
+    -A OUTPUT -m comment --comment tcpaod -j TCPAOD-OUT
+    -A OUTPUT -m comment --comment tcpaod -j TCPAOD-OUT
+    -A OUTPUT -m comment --comment "not ours" -j TCPAOD-OUT
+    -A TCPAOD-OUT -d 192.0.2.0/24 ! -o lo -p tcp -m comment --comment "tcpaod peer nms" -j NFQUEUE --queue-num 100
+    """
+
+    @Test func firewallStateReadsTheListing() {
+        let s = FirewallState(listing: Self.listing)
+        #expect(s.chains == ["TCPAOD-FWD", "TCPAOD-IN", "TCPAOD-OUT"])
+        #expect(s.jumps == ["TCPAOD-IN": 1, "TCPAOD-FWD": 1, "TCPAOD-OUT": 2]) // only tcpaod's own jumps
+        #expect(!s.isEmpty)
+        #expect(FirewallState(listing: "-P OUTPUT ACCEPT\n-N OTHER\n").isEmpty)
+    }
+
+    /// The takeover is one transaction that declares (flushes) and refills the chains and leaves
+    /// exactly one jump per chain: existing jumps are kept, missing ones inserted, surplus ones
+    /// deleted. Nothing is removed first.
+    @Test func takeoverRefillsTheChainsInOneTransaction() throws {
+        let script = try #require(RuleSet(try config("mode: host\npeers:\n  - { name: nms, prefix: 192.0.2.0/24, ports: [830], key-chain: k }")).v4)
+        var existing = FirewallState(listing: Self.listing) // OUT: 2 jumps, IN: 1
+        let t = RuleSet.takeover(script, existing: existing)
+        let lines = t.split(separator: "\n").map(String.init)
+        #expect(lines.first == "*mangle" && lines.last == "COMMIT")
+        #expect(lines[1...2] == [":TCPAOD-OUT - [0:0]", ":TCPAOD-IN - [0:0]"])
+        #expect(!t.contains("-I ")) // both jumps are there already
+        #expect(lines.filter { $0.hasPrefix("-D ") } == ["-D OUTPUT -m comment --comment tcpaod -j TCPAOD-OUT"]) // 2 -> 1
+        #expect(!t.contains("-X ") && !t.contains("-F ")) // nothing removed in this transaction
+        #expect(lines.filter { $0.hasPrefix("-A ") } == script.split(separator: "\n").filter { $0.hasPrefix("-A ") }.map(String.init))
+        // A chain that exists without its jump gets it back.
+        existing.jumps["TCPAOD-IN"] = 0
+        let t2 = RuleSet.takeover(script, existing: existing)
+        #expect(t2.contains("-I INPUT 1 -m comment --comment tcpaod -j TCPAOD-IN\n") && !t2.contains("-I OUTPUT"))
+        // Nothing there: the script as it is (install takes the fresh path anyway).
+        #expect(RuleSet.takeover(script, existing: FirewallState()) == script)
+    }
+
+    /// Chains of the other mode (gateway left over, host now) go in a second transaction, only
+    /// after the new rules are in; a family without peers now loses all of tcpaod's chains.
+    @Test func leftoverChainsAreRemovedAfterwards() throws {
+        let existing = FirewallState(listing: Self.listing)
+        let host = RuleSet(try config("peers:\n  - { name: nms, prefix: 192.0.2.0/24, key-chain: k }"))
+        let hostV4 = try #require(host.v4)
+        let c = try #require(RuleSet.cleanup(existing: existing, keeping: RuleSet.chainNames(in: hostV4)))
+        #expect(c == "*mangle\n:TCPAOD-FWD - [0:0]\n-D FORWARD -m comment --comment tcpaod -j TCPAOD-FWD\n-X TCPAOD-FWD\nCOMMIT\n")
+        let all = try #require(RuleSet.cleanup(existing: existing, keeping: []))
+        #expect(all.components(separatedBy: "-D OUTPUT ").count - 1 == 2 && all.contains("-X TCPAOD-OUT") && all.contains("-X TCPAOD-IN"))
+        #expect(RuleSet.cleanup(existing: FirewallState(), keeping: []) == nil)
+        #expect(RuleSet.cleanup(existing: FirewallState(listing: "-N TCPAOD-OUT\n-N TCPAOD-IN"), keeping: ["TCPAOD-OUT", "TCPAOD-IN"]) == nil)
+    }
+
+    // MARK: stop or restart (issue 10)
+
+    @Test func rulesGoOnlyWhenTheUnitIsReallyStopped() {
+        typealias J = StopPolicy.Job
+        let table: [(ExitPolicy, String?, J, Bool)] = [
+            (.removeRules, "success", .type("stop"), true),      // systemctl stop, shutdown
+            (.removeRules, "signal", .type("stop"), true),       // stopped while failing: still a stop
+            (.removeRules, "success", .type("restart"), false),  // systemctl restart
+            (.removeRules, "success", .type("try-restart"), false),
+            (.removeRules, "success", .type("start"), false),    // a start is queued
+            (.removeRules, "signal", .none, false),              // kill -9: Restart=on-failure follows
+            (.removeRules, "exit-code", .none, false),
+            (.removeRules, "core-dump", .unknown, false),
+            (.removeRules, "success", .none, false),             // exited by itself: cannot tell, keep
+            (.removeRules, nil, .none, false),                   // not under systemd
+            (.removeRules, nil, .unknown, false),
+            (.removeRules, "", .unknown, false),
+            (.keepRules, "success", .type("stop"), false),       // on-exit: keep-rules wins
+        ]
+        for (policy, result, job, remove) in table {
+            let d = StopPolicy.decide(onExit: policy, serviceResult: result, job: job)
+            #expect(d.removeRules == remove, "\(policy) \(result ?? "nil") \(job): \(d.reason)")
+            #expect(!d.reason.isEmpty)
+        }
+    }
+
+    @Test func theUnitsJobFromSystemctlListJobs() {
+        let out = """
+        1234 tcpaod.service                 restart running
+        1240 network-online.target          start   waiting
+        """
+        #expect(StopPolicy.job(of: "tcpaod.service", listJobs: out) == .type("restart"))
+        #expect(StopPolicy.job(of: "network-online.target", listJobs: out) == .type("start"))
+        #expect(StopPolicy.job(of: "other.service", listJobs: out) == .none)
+        #expect(StopPolicy.job(of: "tcpaod.service", listJobs: "") == .none)
+        #expect(StopPolicy.job(of: "tcpaod.service", listJobs: "99 tcpaod.service stop running") == .type("stop"))
     }
 }

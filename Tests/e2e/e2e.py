@@ -854,6 +854,133 @@ def reload_sequence_keeps_every_connection():
         topo.close()
 
 
+TRICKLE = r"""
+import os, socket, sys, threading, time
+def put(path, text):
+    with open(path + ".tmp", "w") as f: f.write(text)
+    os.rename(path + ".tmp", path)
+mode, host, port, d = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if mode == "server":
+    # Every connection counts its lines in d/conn-N.
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind((host, port)); ls.listen(8)
+    put(d + "/listening", "1")
+    def serve(c, n):
+        f = c.makefile("rb"); k = 0
+        for line in f:
+            k += 1; put("%s/conn-%d" % (d, n), str(k))
+    n = 0
+    while True:
+        c, _ = ls.accept(); n += 1
+        threading.Thread(target=serve, args=(c, n), daemon=True).start()
+else:
+    # A line every 20 ms until told to stop (or `count` lines); d/client-NAME says how far it got.
+    name, count = sys.argv[5], int(sys.argv[6])
+    try:
+        s = socket.create_connection((host, port), timeout=10); s.settimeout(None); k = 0
+        while (count == 0 or k < count) and not os.path.exists(d + "/stop"):
+            k += 1; s.sendall(b"line %d\n" % k); put("%s/client-%s" % (d, name), str(k)); time.sleep(0.02)
+        s.close(); put("%s/client-%s" % (d, name), "done %d" % k)
+    except OSError as e:
+        put("%s/client-%s" % (d, name), "error %s" % e)
+"""
+
+
+@test
+def restart_never_sends_unsigned_segments():
+    """Issue 10: a restart fails closed. While a connection carries a line every 20 ms from A to
+    B:830, A's tcpaod is (1) killed with SIGKILL and started again, (2) stopped for a restart
+    (SIGUSR2) and started again, (3) stopped with SIGTERM under on-exit: keep-rules and started
+    again; each new process binds its queues and takes the rules over in place (one jump per
+    chain). A capture on B's side of the link holds not one segment between A and B:830
+    without TCP-AO (option kind 29), and a new connection works afterwards. (The old
+    connection may die: its state is not kept across restarts here.) The unit's ExecStopPost
+    helper, `tcpaod rules --remove-unless-restarting`, removes the rules only for a systemd stop
+    job; here, without systemd, it cannot tell and keeps them. A SIGTERM stop removes them."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        ca, cb = pair_configs(None, None, "hmac-sha-1-96")
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        d = os.path.join(WORK, "trickle")
+        os.makedirs(d, exist_ok=True)
+        app = os.path.join(WORK, "trickle.py")
+        with open(app, "w") as f:
+            f.write(TRICKLE)
+        cap = Capture(b, "vb", "tcp port 830")
+        b.popen([sys.executable, app, "server", "192.0.2.2", "830", d])
+        wait_for(lambda: os.path.exists(d + "/listening"), "the server")
+        a.popen([sys.executable, app, "client", "192.0.2.2", "830", d, "trickle", "0"])
+        lines = lambda n: int(read_file("%s/conn-%d" % (d, n), "0") or 0)
+        wait_for(lambda: lines(1) >= 25, "the trickle to reach B")
+
+        def packets(daemon):
+            try:
+                with open(daemon.stats_path) as f:
+                    return counter(json.load(f), "packets")
+            except (OSError, ValueError):
+                return 0
+
+        def jumps():
+            v4 = a.run(["iptables", "-t", "mangle", "-S"]).stdout
+            return v4.count("-j TCPAOD-OUT"), v4.count("-j TCPAOD-IN")
+
+        # 1. SIGKILL, then a new process with the same configuration.
+        da.p.send_signal(signal.SIGKILL)
+        da.p.wait(10)
+        check(jumps() == (1, 1), "rules gone after SIGKILL")
+        da = Daemon(a, ca, "a-after-kill")
+        check(jumps() == (1, 1), "after the takeover: jumps %s, expected one each" % (jumps(),))
+        wait_for(lambda: packets(da) > 0, "the new tcpaod to see the trickle's segments")
+        log("    SIGKILL, restarted: rules taken over in place (one jump each)")
+        # 2. SIGUSR2 (stop for a restart): the rules stay; then a new process.
+        da.p.send_signal(signal.SIGUSR2)
+        check(da.p.wait(20) == 0, "SIGUSR2: exit status %s:\n%s" % (da.p.returncode, da.log()))
+        check(jumps() == (1, 1) and "rules kept (SIGUSR2)" in da.log(), "SIGUSR2 did not keep the rules:\n%s" % da.log())
+        # Without systemd the ExecStopPost helper cannot tell a stop from a restart: it keeps them.
+        for result in ("success", "signal"):
+            r = a.run([TCPAOD, "rules", "--config", ca, "--remove-unless-restarting"], env=dict(os.environ, SERVICE_RESULT=result))
+            check("rules kept" in r.stdout and jumps() == (1, 1), "--remove-unless-restarting (%s): %s" % (result, r.stdout))
+        log("    %s" % r.stdout.strip())
+        da = Daemon(a, ca, "a-after-usr2")
+        check(jumps() == (1, 1), "after the second takeover: jumps %s" % (jumps(),))
+        before = packets(da)
+        wait_for(lambda: packets(da) > before, "the new tcpaod to see segments")
+        log("    SIGUSR2 (restart): rules kept, taken over by the next process")
+        # 3. SIGTERM with on-exit: keep-rules (what the systemd unit does with --on-exit keep-rules).
+        keep = write_config("a-keep", [("b", "192.0.2.2/32", None), ("b6", "2001:db8:1::2/128", None)],
+                            [key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)], extra="on-exit: keep-rules\n")
+        da.p.send_signal(signal.SIGUSR2)
+        check(da.p.wait(20) == 0, "SIGUSR2: exit status %s" % da.p.returncode)
+        da = Daemon(a, keep, "a-keep")
+        da.stop()
+        check(jumps() == (1, 1), "SIGTERM with on-exit: keep-rules removed the rules")
+        da = Daemon(a, ca, "a-after-term")
+        check(jumps() == (1, 1), "after the third takeover: jumps %s" % (jumps(),))
+        before = packets(da)
+        wait_for(lambda: packets(da) > before, "the new tcpaod to see segments")
+        log("    SIGTERM with on-exit: keep-rules: rules kept, taken over by the next process")
+        # A new connection works.
+        a.popen([sys.executable, app, "client", "192.0.2.2", "830", d, "new", "40"])
+        wait_for(lambda: read_file(d + "/client-new").startswith(("done", "error")), "the new connection", 30)
+        check(read_file(d + "/client-new") == "done 40", "new connection: %s" % read_file(d + "/client-new"))
+        wait_for(lambda: any(lines(n) == 40 for n in range(2, 6)), "B to receive the new connection's 40 lines")
+        open(d + "/stop", "w").close()
+        path = cap.stop()
+        txt = sh(["tcpdump", "-nn", "-v", "-r", path], timeout=120).stdout
+        segs = [l for l in txt.splitlines() if " > " in l and "Flags [" in l]
+        mine = [l for l in segs if re.search(r"192\.0\.2\.1\.\d+ > 192\.0\.2\.2\.830:|192\.0\.2\.2\.830 > 192\.0\.2\.1\.\d+:", l)]
+        unsigned = [l.strip() for l in mine if "tcp-ao" not in l]
+        check(len(mine) >= 100, "too few segments captured (%d)" % len(mine))
+        check(not unsigned, "%d segment(s) without TCP-AO on the wire, e.g.:\n%s" % (len(unsigned), "\n".join(unsigned[:5])))
+        log("    %d segments between A and B:830 on the wire, every one with TCP-AO; first connection got %d lines (%s); new connection OK"
+            % (len(mine), lines(1), read_file(d + "/client-trickle")))
+        da.stop()
+        check("TCPAOD" not in a.rules(), "SIGTERM (a stop) left the rules")
+        db.stop()
+    finally:
+        topo.close()
+
+
 @test
 def bad_configuration_changes_nothing():
     """7. Bad config and unreadable key files give a clear message and a non-zero exit, and
