@@ -115,7 +115,7 @@ public struct CounterBlock: ~Copyable {
             for (j, k) in p.keyChain.keys.enumerated() {
                 var d: [String: UInt64] = [:]
                 for c in KeyCounter.allCases { d[c.label] = buffer[keyBase[i] + j * KeyCounter.allCases.count + c.rawValue] }
-                kd["\(k.keyID)"] = d
+                kd["\(k.chainKeyID)"] = d
             }
             keys[p.name] = kd
         }

@@ -31,8 +31,9 @@ public struct Lifetime: Sendable, Hashable, Codable, CustomStringConvertible {
 /// included in the MAC, and send and accept lifetimes. The connection identifier part of the
 /// MKT is the peer the chain is attached to.
 public struct MKT: Sendable, CustomStringConvertible {
-    /// The key's id in its chain (RFC 8177 key-id); used in messages and counters, never on the wire.
-    public var keyID: UInt64
+    /// The key's id in its chain (RFC 8177 key-id); used in messages and counters, never on the
+    /// wire. (The KeyID on the wire is `sendID` when we send, `recvID` when we receive.)
+    public var chainKeyID: UInt64
     public var sendID: UInt8
     public var recvID: UInt8
     public var algorithm: AOAlgorithm
@@ -46,9 +47,9 @@ public struct MKT: Sendable, CustomStringConvertible {
     /// their cached contexts, and nothing else can ever match a cached context's serial.
     public internal(set) var serial: UInt64
 
-    public init(keyID: UInt64, sendID: UInt8, recvID: UInt8, algorithm: AOAlgorithm, includeOptions: Bool = true,
+    public init(chainKeyID: UInt64, sendID: UInt8, recvID: UInt8, algorithm: AOAlgorithm, includeOptions: Bool = true,
                 sendLifetime: Lifetime = .always, acceptLifetime: Lifetime = .always, secret: Secret) {
-        self.keyID = keyID
+        self.chainKeyID = chainKeyID
         self.sendID = sendID
         self.recvID = recvID
         self.algorithm = algorithm
@@ -63,7 +64,7 @@ public struct MKT: Sendable, CustomStringConvertible {
 
     /// Never prints the secret.
     public var description: String {
-        "key \(keyID) (SendID \(sendID), RecvID \(recvID), \(algorithm)\(includeOptions ? "" : ", options excluded"))"
+        "key \(chainKeyID) (SendID \(sendID), RecvID \(recvID), \(algorithm)\(includeOptions ? "" : ", options excluded"))"
     }
 
     /// Same parameters and the same secret (the serial is not compared).

@@ -17,8 +17,8 @@ public enum ExitPolicy: String, Sendable, CaseIterable {
 }
 
 /// Where a flow's TCP-AO state (ISNs, SNEs, KeyIDs) is kept.
-public enum FlowStateStore: String, Sendable, CaseIterable {
-    /// Also in the kernel's conntrack entry of the connection (a 112-bit conntrack label), so
+public enum FlowStateMode: String, Sendable, CaseIterable {
+    /// Also in the kernel's conntrack entry of the connection (123 bits of its conntrack label), so
     /// it outlives a restart of tcpaod and can be replicated (conntrackd). tcpaod's rules make
     /// conntrack active for the protected flows and reserve label space. Falls back to
     /// `memory` (logged) where conntrack or the connlabel match cannot be used.
@@ -47,8 +47,8 @@ public struct Configuration: Sendable {
     /// `--queue-bypass`: traffic flows unprotected when tcpaod is not running. Off by default.
     public var queueBypass = false
     public var onExit: ExitPolicy = .removeRules
-    public var flowState: FlowStateStore = .conntrack
-    /// First of the 112 conntrack label bits tcpaod uses (bits offset ..< offset + 112 of 128).
+    public var flowState: FlowStateMode = .conntrack
+    /// First of the conntrack label bits tcpaod uses (`conntrackLabelBits` of the 128).
     public var conntrackLabelOffset = 0
     /// Benchmark reference: same I/O path, no TCP-AO work.
     public var passthrough = false
@@ -72,8 +72,9 @@ public struct Configuration: Sendable {
 
     public init(file: String) { self.file = file }
 
-    /// conntrack label bits used per flow: two ISNs (64), two 16-bit SNEs (32), two KeyIDs (16).
-    public static let conntrackLabelBits = 112
+    /// conntrack label bits used per flow (`FlowLabel`'s layout: two ISNs, two 16-bit SNEs,
+    /// their sequence-space quarters, current_key, the peer's RNextKeyID, the MSS room).
+    public static let conntrackLabelBits = FlowLabel.bitCount
     /// The label bits tcpaod owns.
     public var conntrackLabelBitRange: Range<Int> { conntrackLabelOffset ..< conntrackLabelOffset + Configuration.conntrackLabelBits }
 

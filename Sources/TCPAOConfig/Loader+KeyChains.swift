@@ -36,19 +36,19 @@ extension ConfigLoader {
         for (i, item) in items.enumerated() {
             let kp = "\(path).keys[\(i)]"
             guard let k = key(item, kp) else { failed = true; continue }
-            if let j = keys.firstIndex(where: { $0.keyID == k.keyID }) {
-                report(.error, item, "\(kp).key-id", "key-id \(k.keyID) is used twice in chain `\(name)` (also keys[\(j)])",
+            if let j = keys.firstIndex(where: { $0.chainKeyID == k.chainKeyID }) {
+                report(.error, item, "\(kp).key-id", "key-id \(k.chainKeyID) is used twice in chain `\(name)` (also keys[\(j)])",
                        fix: "give each key of a chain its own key-id"); failed = true
             }
             for (j, o) in keys.enumerated() {
                 // RFC 5925 3.1: "The IDs of MKTs MUST NOT overlap where their TCP connection
                 // identifiers overlap" -- here: while both may be used.
                 if o.sendID == k.sendID && overlap(o.sendLifetime, k.sendLifetime) {
-                    report(.error, item, "\(kp).send-id", "SendID \(k.sendID) is also used by keys[\(j)] (key-id \(o.keyID)) while both may send",
+                    report(.error, item, "\(kp).send-id", "SendID \(k.sendID) is also used by keys[\(j)] (key-id \(o.chainKeyID)) while both may send",
                            fix: "give the keys different send-ids, or send lifetimes that do not overlap"); failed = true
                 }
                 if o.recvID == k.recvID && overlap(o.acceptLifetime, k.acceptLifetime) {
-                    report(.error, item, "\(kp).recv-id", "RecvID \(k.recvID) is also used by keys[\(j)] (key-id \(o.keyID)) while both may be accepted",
+                    report(.error, item, "\(kp).recv-id", "RecvID \(k.recvID) is also used by keys[\(j)] (key-id \(o.chainKeyID)) while both may be accepted",
                            fix: "give the keys different recv-ids, or accept lifetimes that do not overlap"); failed = true
                 }
             }
@@ -114,7 +114,7 @@ extension ConfigLoader {
         if let n = f["send-lifetime"]?.value { if let l = lifetime(n, "\(path).send-lifetime") { send = l } else { ok = false } }
         if let n = f["accept-lifetime"]?.value { if let l = lifetime(n, "\(path).accept-lifetime") { accept = l } else { ok = false } }
         guard ok, let keyID, let sendID, let recvID, let alg, let secret else { return nil }
-        return MKT(keyID: UInt64(keyID), sendID: UInt8(sendID), recvID: UInt8(recvID), algorithm: alg, includeOptions: include,
+        return MKT(chainKeyID: UInt64(keyID), sendID: UInt8(sendID), recvID: UInt8(recvID), algorithm: alg, includeOptions: include,
                    sendLifetime: send, acceptLifetime: accept, secret: secret)
     }
 }

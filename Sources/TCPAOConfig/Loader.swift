@@ -200,9 +200,9 @@ public struct ConfigLoader {
             }
         }
         if let n = f["on-exit"]?.value, let v = choice(n, "on-exit", ExitPolicy.self) { cfg.onExit = v }
-        if let n = f["flow-state"]?.value, let v = choice(n, "flow-state", FlowStateStore.self) { cfg.flowState = v }
+        if let n = f["flow-state"]?.value, let v = choice(n, "flow-state", FlowStateMode.self) { cfg.flowState = v }
         if let n = f["conntrack-label-offset"]?.value,
-           let v = int(n, "conntrack-label-offset", 0...(128 - Configuration.conntrackLabelBits), what: "label bit offset (tcpaod uses 112 of the 128 bits)") {
+           let v = int(n, "conntrack-label-offset", 0...(128 - Configuration.conntrackLabelBits), what: "label bit offset (tcpaod uses \(Configuration.conntrackLabelBits) of the 128 bits)") {
             cfg.conntrackLabelOffset = v
             if cfg.flowState == .memory {
                 report(.warning, n, "conntrack-label-offset", "used with flow-state: conntrack only", fix: "remove it, or set flow-state: conntrack")

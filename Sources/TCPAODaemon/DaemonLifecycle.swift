@@ -58,17 +58,20 @@ public final class Daemon: @unchecked Sendable {
     /// Throws with nothing left behind (no rules, no bound queue) when any step fails.
     public func start() throws {
         let engineConfig = config.engineConfig()
+        // Decided before the workers exist: each worker of a conntrack-backed daemon opens its
+        // own ctnetlink socket for its flows' labels.
+        resolveFlowState()
         do {
+            let offset = config.flowState == .conntrack ? config.conntrackLabelOffset : nil
             for q in config.queues {
                 workers.append(try Worker(queue: q, config: engineConfig, hostMode: config.mode == .host,
-                                          synchronized: synchronized, budget: budget, log: log))
+                                          synchronized: synchronized, budget: budget, labelOffset: offset, log: log))
             }
         } catch {
             workers.forEach { $0.socket.close() }
             workers = []
             throw error
         }
-        resolveFlowState()
         if manageRules {
             // The queues are bound: the rules (new, or an earlier run's taken over in place)
             // have a live reader from the moment they change. See Firewall.install.
@@ -102,7 +105,8 @@ public final class Daemon: @unchecked Sendable {
             log.info("flow-state: memory: \(ConntrackRequirements.fallback)")
             return
         }
-        let problems = ConntrackRequirements.problems(backend: config.firewall, needIPv6: RuleSet(config).v6 != nil)
+        var problems = ConntrackRequirements.problems(backend: config.firewall, needIPv6: RuleSet(config).v6 != nil)
+        if case .unavailable(let reason) = ConntrackLabels.probe() { problems.append("ctnetlink: \(reason)") }
         guard problems.isEmpty else {
             log.warning("flow-state: conntrack cannot be used here: \(problems.joined(separator: "; ")); \(ConntrackRequirements.fallback)")
             config.flowState = .memory

@@ -129,11 +129,24 @@ final class Worker: @unchecked Sendable {
     /// The loopback interface's index in this network namespace (0 if none).
     let loopbackIndex = UInt32(if_nametoindex("lo"))
 
-    init(queue number: UInt16, config: EngineConfig, hostMode: Bool, synchronized: SynchronizedFlows, budget: FlowBudget, log: Logger) throws {
+    /// The connections' labels in conntrack (flow-state: conntrack), this worker's own socket.
+    let flowStore: ConntrackFlowStore?
+    var storeFailuresLogged: UInt64 = 0
+    var storeLoggedAt: UInt32 = 0
+
+    /// `labelOffset`: keep flow state in conntrack labels from that bit (nil: memory only).
+    /// Throws when the queue cannot be bound or the conntrack socket cannot be opened.
+    init(queue number: UInt16, config: EngineConfig, hostMode: Bool, synchronized: SynchronizedFlows, budget: FlowBudget,
+         labelOffset: Int? = nil, log: Logger) throws {
         socket = try NFQueueSocket(queue: number)
+        do { flowStore = try labelOffset.map { try ConntrackFlowStore(offset: $0) } } catch {
+            socket.close()
+            throw error
+        }
         queue = DispatchQueue(label: "tcpaod.queue\(number)", qos: .userInteractive)
         engine = .allocate(capacity: 1)
         engine.initialize(to: AOEngine(config: config, synchronized: synchronized, budget: budget))
+        engine.pointee.stateStore = flowStore
         io = .allocate(capacity: 1)
         io.initialize(to: IOStats(queue: Int(number)))
         self.hostMode = hostMode
@@ -344,6 +357,13 @@ final class Worker: @unchecked Sendable {
         let eng = engine
         let budget = max(1024, eng.pointee.config.limits.maxFlows / 8)
         eng.pointee.expire(now: Worker.clock().mono, budget: budget)
+        let now = Worker.clock().mono
+        if let st = flowStore, st.failures != storeFailuresLogged, storeLoggedAt == 0 || now &- storeLoggedAt >= 10 {
+            // At most every 10 s, with what the kernel said.
+            storeLoggedAt = now
+            log.warning("conntrack label requests failed \(st.failures - storeFailuresLogged) time(s): \(ConntrackLabels.explain(st.lastError)); those connections' state is in memory only")
+            storeFailuresLogged = st.failures
+        }
     }
 
     // MARK: called from other threads; each hops onto the worker's queue

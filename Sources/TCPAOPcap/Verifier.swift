@@ -186,7 +186,7 @@ public struct CaptureVerifier {
                 let key = MACKey(algorithm: cand.mkt.algorithm, key: cand.mkt.master.deriveTrafficKey(ctx))
                 if AOMAC.verify(ptr, seg, key: key, sne: sne, includeOptions: cand.mkt.includeOptions) {
                     r.result = .verified
-                    r.key = "\(cand.chain)/\(cand.mkt.keyID)"
+                    r.key = "\(cand.chain)/\(cand.mkt.chainKeyID)"
                     if fromClient { c.clientSNE.advance(to: seg.seq, sne: sne) } else { c.serverSNE.advance(to: seg.seq, sne: sne) }
                     conversations[ck] = c
                     return (r, ck)

@@ -60,7 +60,7 @@ public struct TwoHosts: ~Copyable {
 /// A one-key chain for tests.
 public func testChain(_ name: String = "test", sendID: UInt8 = 1, recvID: UInt8 = 1, algorithm: AOAlgorithm = .hmacSHA1_96,
                       secret: String = "correct horse battery", includeOptions: Bool = true) -> KeyChain {
-    KeyChain(name: name, keys: [MKT(keyID: 1, sendID: sendID, recvID: recvID, algorithm: algorithm, includeOptions: includeOptions,
+    KeyChain(name: name, keys: [MKT(chainKeyID: 1, sendID: sendID, recvID: recvID, algorithm: algorithm, includeOptions: includeOptions,
                                     secret: Secret(Array(secret.utf8)))])
 }
 

@@ -183,7 +183,7 @@ func fuzzChains(mirrored: Bool) -> (v4: KeyChain, v6: KeyChain) {
     let w = fuzzWall
     func key(_ id: UInt64, _ send: UInt8, _ recv: UInt8, _ alg: AOAlgorithm, options: Bool = true,
              send sl: Lifetime = .always, accept al: Lifetime = .always, _ secret: String) -> MKT {
-        MKT(keyID: id, sendID: mirrored ? recv : send, recvID: mirrored ? send : recv, algorithm: alg, includeOptions: options,
+        MKT(chainKeyID: id, sendID: mirrored ? recv : send, recvID: mirrored ? send : recv, algorithm: alg, includeOptions: options,
             sendLifetime: sl, acceptLifetime: al, secret: Secret(Array(secret.utf8)))
     }
     let v4 = KeyChain(name: "fuzz-v4", keys: [

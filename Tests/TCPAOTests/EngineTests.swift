@@ -197,9 +197,9 @@ import TCPAOTestSupport
     @Test(arguments: nets)
     func hitlessRollover(_ n: Net) throws {
         let now: Int64 = 1_790_000_000
-        let k1 = MKT(keyID: 1, sendID: 1, recvID: 1, algorithm: .hmacSHA1_96, sendLifetime: Lifetime(start: now - 1000),
+        let k1 = MKT(chainKeyID: 1, sendID: 1, recvID: 1, algorithm: .hmacSHA1_96, sendLifetime: Lifetime(start: now - 1000),
                      secret: Secret(Array("first secret key".utf8)))
-        let k2 = MKT(keyID: 2, sendID: 2, recvID: 2, algorithm: .aes128CMAC_96, sendLifetime: Lifetime(start: now - 10),
+        let k2 = MKT(chainKeyID: 2, sendID: 2, recvID: 2, algorithm: .aes128CMAC_96, sendLifetime: Lifetime(start: now - 10),
                      secret: Secret(Array("second secret key".utf8)))
         let old = KeyChain(name: "c", keys: [k1]), new = KeyChain(name: "c", keys: [k1, k2])
         var h = Self.hosts(n, chainA: old, chainB: old)
@@ -372,12 +372,12 @@ import TCPAOTestSupport
     @Test func lifetimes() {
         let n = Self.nets[0]
         let now: Int64 = 1_790_000_000
-        let expiredSend = KeyChain(name: "x", keys: [MKT(keyID: 1, sendID: 1, recvID: 1, algorithm: .hmacSHA1_96,
+        let expiredSend = KeyChain(name: "x", keys: [MKT(chainKeyID: 1, sendID: 1, recvID: 1, algorithm: .hmacSHA1_96,
                                                       sendLifetime: Lifetime(end: now - 1), secret: Secret(Array("k".utf8)))])
         var h = Self.hosts(n, chainA: expiredSend)
         let c = PacketBuilder(src: n.a, dst: n.b, srcPort: 40000, dstPort: 830)
         #expect(h.send(c.segment(seq: 1, flags: 0x02), from: .a).egress == .drop(.noSendKey))
-        let expiredAccept = KeyChain(name: "x", keys: [MKT(keyID: 1, sendID: 1, recvID: 1, algorithm: .hmacSHA1_96,
+        let expiredAccept = KeyChain(name: "x", keys: [MKT(chainKeyID: 1, sendID: 1, recvID: 1, algorithm: .hmacSHA1_96,
                                                         acceptLifetime: Lifetime(end: now - 1), secret: Secret(Array("correct horse battery".utf8)))])
         var h2 = Self.hosts(n, chainB: expiredAccept)
         #expect(h2.send(c.segment(seq: 1, flags: 0x02), from: .a).ingress == .drop(.expiredKey))

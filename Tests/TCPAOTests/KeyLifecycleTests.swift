@@ -9,7 +9,7 @@ import TCPAOTestSupport
     static let a = "192.0.2.10", b = "198.51.100.20"
 
     static func key(_ id: UInt8, _ alg: AOAlgorithm, _ secret: String, sendFrom: Int64 = now - 1000) -> MKT {
-        MKT(keyID: UInt64(id), sendID: id, recvID: id, algorithm: alg, sendLifetime: Lifetime(start: sendFrom),
+        MKT(chainKeyID: UInt64(id), sendID: id, recvID: id, algorithm: alg, sendLifetime: Lifetime(start: sendFrom),
             secret: Secret(Array(secret.utf8)))
     }
 

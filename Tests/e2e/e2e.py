@@ -885,6 +885,229 @@ else:
 """
 
 
+def start_sessions(a, b, tag):
+    """A bulk transfer (deterministic bytes, until told to stop) and an interactive session
+    from A to B, with the SESSION test applications. Returns a handle for progress checks."""
+    app = os.path.join(WORK, "session.py")
+    with open(app, "w") as f:
+        f.write(SESSION)
+    d = os.path.join(WORK, tag)
+    os.makedirs(d, exist_ok=True)
+    h = {"dir": d, "progress": os.path.join(d, "progress"), "sink": os.path.join(d, "sink.res"),
+         "source": os.path.join(d, "source.res"), "stop": os.path.join(d, "stop"), "chat_dir": os.path.join(d, "chat"), "n": 0}
+    os.makedirs(h["chat_dir"], exist_ok=True)
+    b.popen([sys.executable, app, "sink", "192.0.2.2", "830", h["progress"], h["sink"]])
+    b.popen(["socat", "TCP4-LISTEN:9339,reuseaddr", "EXEC:cat"], stderr=subprocess.DEVNULL)
+    wait_for(lambda: read_file(h["progress"]) == "listening" and b.run(["ss", "-Hltn", "sport = :9339"]).stdout.strip(), "the servers")
+    h["src"] = a.popen([sys.executable, app, "source", "192.0.2.2", "830", h["stop"], str(8 * 1000 * 1000), h["source"]])
+    h["chat"] = a.popen([sys.executable, app, "chat", "192.0.2.2", "9339", h["chat_dir"]])
+    return h
+
+
+def received(h):
+    t = read_file(h["progress"]).strip()
+    return int(t) if t.isdigit() else 0
+
+
+def sessions_progress(h, what, timeout=40):
+    """The transfer moves on by 2 MB and the session answers; returns the seconds it took."""
+    t0 = time.time()
+    start = received(h)
+    wait_for(lambda: received(h) >= start + 2 * 1000 * 1000, "the bulk transfer to move on after %s" % what, timeout)
+    h["n"] += 1
+    n = h["n"]
+    open(os.path.join(h["chat_dir"], "go-%d" % n), "w").close()
+    res = wait_for(lambda: read_file(os.path.join(h["chat_dir"], "done-%d" % n)), "the session to answer after %s" % what, timeout)
+    check(res == "ok", "interactive session after %s: %s" % (what, res))
+    return time.time() - t0
+
+
+def finish_sessions(h):
+    open(h["stop"], "w").close()
+    wait_for(lambda: read_file(h["source"]) and read_file(h["sink"]), "the transfer to end", 60)
+    check(read_file(h["source"]) == read_file(h["sink"]), "bulk data damaged: sent %s, received %s" % (read_file(h["source"]), read_file(h["sink"])))
+    open(os.path.join(h["chat_dir"], "go-end"), "w").close()
+    check(h["chat"].wait(30) == 0, "the interactive session failed")
+    return int(read_file(h["sink"]).split()[0])
+
+
+def stall_after(h, restart):
+    """Restarts tcpaod with `restart()` and measures the stall: from the restart to the first
+    2 MB delivered after it, and the session's next answer."""
+    before = received(h)
+    t0 = time.time()
+    restart()
+    wait_for(lambda: received(h) > before + 65536, "bytes to flow again after the restart", 60)
+    stall = time.time() - t0
+    sessions_progress(h, "the restart")
+    return stall
+
+
+@test
+def restarts_keep_connections_through_conntrack_labels():
+    """10. flow-state: conntrack (the default): tcpaod killed with SIGKILL and started again, and
+    restarted with SIGTERM + start (keeping its rules), while a bulk transfer and an interactive
+    session run: both carry on, restored from the connections' conntrack labels; the transfer
+    arrives intact; the restored flows are counted."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        k1 = key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)
+        ca = write_config("a", [("b", "192.0.2.2/32", [830, 9339])], [k1])
+        cb = write_config("b", [("a", "192.0.2.1/32", [830, 9339])], [k1])
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        check("flow state conntrack" in da.log(), "tcpaod does not keep flow state in conntrack here:\n%s" % da.log())
+        h = start_sessions(a, b, "restarts")
+        sessions_progress(h, "the start")
+
+        def kill9():
+            da.p.kill()
+            da.p.wait(10)
+            return Daemon(a, ca, "a2")
+        holder = {}
+        s1 = stall_after(h, lambda: holder.__setitem__("d", kill9()))
+        d2 = holder["d"]
+        s = d2.stats()
+        check(counter(s, "flows-restored") >= 2, "the new tcpaod restored no flow: %s" % s["counters"]["total"])
+
+        def term_restart():
+            restart_stop(d2)
+            return Daemon(a, ca, "a3")
+        s2 = stall_after(h, lambda: holder.__setitem__("d", term_restart()))
+        d3 = holder["d"]
+        total = finish_sessions(h)
+        s = d3.stats()
+        check(counter(s, "flows-restored") >= 2, "the third tcpaod restored no flow: %s" % s["counters"]["total"])
+        for d, who in ((d3, "A"), (db, "B")):
+            st = d.stats()
+            bad = {k: v for k, v in st["counters"]["total"].items() if k in ("dropped-bad-mac", "dropped-malformed", "restore-failed") and v}
+            check(not bad, "%s: %s" % (who, bad))
+        log("    %d MB intact across SIGKILL (stall %.2f s) and SIGTERM restart (stall %.2f s); flows restored from labels" % (total // 1000000, s1, s2))
+        d3.stop()
+        db.stop()
+    finally:
+        topo.close()
+
+
+def restart_stop(d):
+    """Stops a daemon for a restart (SIGUSR2): its rules stay, so nothing passes unsigned."""
+    d.p.send_signal(signal.SIGUSR2)
+    rc = d.p.wait(20)
+    check(rc == 0, "tcpaod %s exited %d on SIGUSR2:\n%s" % (d.name, rc, d.log()))
+
+
+def chat_port(ns, n_expected):
+    ports = []
+    for line in ns.run(["ss", "-Htn", "state", "established", "( dport = :9339 )"]).stdout.splitlines():
+        m = re.search(r"192\.0\.2\.1:(\d+)", line)
+        if m:
+            ports.append(int(m.group(1)))
+    return sorted(ports) if len(ports) >= n_expected else None
+
+
+@test
+def forged_and_expired_labels_deny_never_admit():
+    """10. The conntrack label is a claim, not a credential: after a restart, a connection whose
+    label was overwritten with a wrong ISN (conntrack tool) gets its segments dropped and counted
+    (restore-failed, bad-mac), never accepted; a connection whose conntrack entry is gone
+    (expired, deleted) gets counted `no-state` drops. tcpaod keeps running; a new connection works."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        k1 = key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)
+        ca = write_config("a", [("b", "192.0.2.2/32", [830, 9339])], [k1])
+        cb = write_config("b", [("a", "192.0.2.1/32", [830, 9339])], [k1])
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        app = os.path.join(WORK, "session.py")
+        with open(app, "w") as f:
+            f.write(SESSION)
+        b.popen(["socat", "TCP4-LISTEN:9339,reuseaddr,fork", "EXEC:cat"], stderr=subprocess.DEVNULL)
+        wait_for(lambda: b.run(["ss", "-Hltn", "sport = :9339"]).stdout.strip(), "the echo server")
+        dirs = [os.path.join(WORK, "chat-forged"), os.path.join(WORK, "chat-expired")]
+        chats = []
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+            chats.append(a.popen([sys.executable, app, "chat", "192.0.2.2", "9339", d]))
+            open(os.path.join(d, "go-1"), "w").close()
+            check(wait_for(lambda: read_file(os.path.join(d, "done-1")), "a first answer") == "ok", "no first answer")
+        ports = wait_for(lambda: chat_port(a, 2), "two sessions")
+        # The state was written at the SYN-ACK: the entries on B carry tcpaod's label.
+        ctl = os.path.join(HERE, "ctlabel.py")
+        for p in ports:
+            lab = b.run([sys.executable, ctl, "get", "192.0.2.1", str(p), "192.0.2.2", "9339"]).stdout.strip()
+            check(lab and lab != "0" * 32, "no label on B's conntrack entry of port %d: %s" % (p, lab))
+        # B's tcpaod dies; meanwhile its first connection's label is forged (the lowest bit of the
+        # remote ISN, label bit 2 + 32 = 34 with offset 0) and the second's entry disappears.
+        # (`conntrack -U --label-add` is refused with EOPNOTSUPP here: see ctlabel.py.)
+        db.p.kill()
+        db.p.wait(10)
+        r = b.run([sys.executable, ctl, "flip", "192.0.2.1", str(ports[0]), "192.0.2.2", "9339", "34"], check_rc=False)
+        check(r.returncode == 0, "could not forge the label: %s %s" % (r.stdout, r.stderr))
+        r = b.run(["conntrack", "-D", "-p", "tcp", "--sport", str(ports[1]), "--dport", "9339"], check_rc=False)
+        check(r.returncode == 0, "conntrack -D failed: %s %s" % (r.stdout, r.stderr))
+        d2 = Daemon(b, cb, "b2")
+        for d in dirs:
+            open(os.path.join(d, "go-2"), "w").close()
+        c = wait_for(lambda: (lambda s: s if counter(s, "restore-failed") >= 1 and counter(s, "dropped-no-state") >= 1 else None)(d2.stats()),
+                     "the forged label to be refused and the expired flow to be counted", 60)
+        for d in dirs:
+            check(not read_file(os.path.join(d, "done-2")), "a session answered through a forged or missing label")
+        check(d2.p.poll() is None, "tcpaod died")
+        check(counter(c, "flows-restored") == 0, "a flow was restored from a forged or missing label: %s" % c["counters"]["total"])
+        # A new connection works.
+        newd = os.path.join(WORK, "chat-new")
+        os.makedirs(newd, exist_ok=True)
+        chats.append(a.popen([sys.executable, app, "chat", "192.0.2.2", "9339", newd]))
+        open(os.path.join(newd, "go-1"), "w").close()
+        check(wait_for(lambda: read_file(os.path.join(newd, "done-1")), "a new session's answer") == "ok", "the new session failed")
+        tot = c["counters"]["total"]
+        log("    forged label: restore-failed %d, bad-mac %d; expired entry: no-state %d; new connection fine" % (
+            tot.get("restore-failed", 0), tot.get("dropped-bad-mac", 0), tot.get("dropped-no-state", 0)))
+        d2.stop()
+        da.stop()
+    finally:
+        topo.close()
+
+
+@test
+def memory_flow_state_behaves_as_before():
+    """10. flow-state: memory: no conntrack rules or labels; a restart loses established
+    connections (counted no-state), new ones work."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        k1 = key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)
+        ca = write_config("a", [("b", "192.0.2.2/32", [9339])], [k1], extra="flow-state: memory\n")
+        cb = write_config("b", [("a", "192.0.2.1/32", [9339])], [k1], extra="flow-state: memory\n")
+        da, db = Daemon(a, ca, "a"), Daemon(b, cb, "b")
+        check("connlabel" not in a.rules(), "flow-state: memory installed connlabel rules:\n%s" % a.rules())
+        app = os.path.join(WORK, "session.py")
+        with open(app, "w") as f:
+            f.write(SESSION)
+        b.popen(["socat", "TCP4-LISTEN:9339,reuseaddr,fork", "EXEC:cat"], stderr=subprocess.DEVNULL)
+        wait_for(lambda: b.run(["ss", "-Hltn", "sport = :9339"]).stdout.strip(), "the echo server")
+        d = os.path.join(WORK, "chat-mem")
+        os.makedirs(d, exist_ok=True)
+        a.popen([sys.executable, app, "chat", "192.0.2.2", "9339", d])
+        open(os.path.join(d, "go-1"), "w").close()
+        check(wait_for(lambda: read_file(os.path.join(d, "done-1")), "an answer") == "ok", "no answer")
+        restart_stop(da)
+        d2 = Daemon(a, ca, "a2")
+        open(os.path.join(d, "go-2"), "w").close()
+        wait_for(lambda: counter(d2.stats(), "dropped-no-state") >= 1, "the lost connection's segments to be counted", 30)
+        check(counter(d2.stats(), "flows-restored") == 0, "flows restored with flow-state: memory")
+        nd = os.path.join(WORK, "chat-mem2")
+        os.makedirs(nd, exist_ok=True)
+        a.popen([sys.executable, app, "chat", "192.0.2.2", "9339", nd])
+        open(os.path.join(nd, "go-1"), "w").close()
+        check(wait_for(lambda: read_file(os.path.join(nd, "done-1")), "a new session's answer") == "ok", "the new session failed")
+        log("    memory: the restart lost the connection (no-state counted), a new one works")
+        d2.stop()
+        db.stop()
+    finally:
+        topo.close()
+
+
 @test
 def restart_never_sends_unsigned_segments():
     """Issue 10: a restart fails closed. While a connection carries a line every 20 ms from A to

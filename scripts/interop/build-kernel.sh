@@ -92,7 +92,6 @@ interop_ensure_pkgs build-essential bc flex bison libelf-dev libssl-dev cpio xz-
 
 DEB=$(compgen -G "$APTDIR/debs/${SRC_PKG}_${VERSION//:/%3a}_*.deb" | sed -n 1p || true)
 if [ -z "$DEB" ]; then
-    rm -f "$APTDIR/debs/${SRC_PKG}_"*.deb
     if [ -n "$PIN" ] && ! lists_present; then
         interop_ensure_pkgs apt debian-archive-keyring
         private_update
@@ -114,7 +113,11 @@ if [ -z "$DEB" ]; then
             (cd "$APTDIR/debs" && apt-get -qq "${APT_OPTS[@]}" download "$SRC_PKG=$VERSION" >/dev/null)
         fi
     fi
-    DEB=$(compgen -G "$APTDIR/debs/${SRC_PKG}_*.deb" | sed -n 1p)
+    DEB=$(compgen -G "$APTDIR/debs/${SRC_PKG}_${VERSION//:/%3a}_*.deb" | sed -n 1p)
+    [ -n "$DEB" ] || die "apt-get download of $SRC_PKG $VERSION left no .deb"
+    # Keep only this version's .deb (~150 MB each); removed only now, so that a failed download
+    # (say, of a pinned version the mirror lacks) does not cost the cached one.
+    for f in "$APTDIR/debs/${SRC_PKG}_"*.deb; do [ "$f" = "$DEB" ] || rm -f "$f"; done
 fi
 log "source package: $DEB"
 
