@@ -24,21 +24,7 @@ import TCPAOTestSupport
 // flow again: key changes never break the session.
 //
 // Scenarios are seeded (SplitMix64); a failure names its seed and the steps that led there.
-// TCPAOD_MODEL_SCENARIOS raises the number of scenarios (default 150 of 120 steps).
-
-struct SplitMix64 {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func int(_ r: ClosedRange<Int>) -> Int { r.lowerBound + Int(next() % UInt64(r.count)) }
-    mutating func chance(_ percent: Int) -> Bool { int(0...99) < percent }
-    mutating func pick<T>(_ a: [T]) -> T { a[int(0...(a.count - 1))] }
-}
+// TCPAOD_MODEL_SCENARIOS raises the number of scenarios (default 100 of 120 steps).
 
 /// One key as the operator writes it (the same definition on both ends: keys are rolled as
 /// pairs, SendID = RecvID).
@@ -432,7 +418,7 @@ struct KeyLifecycleModel: ~Copyable {
 
 @Suite struct KeyLifecycleModelTests {
     @Test func randomKeyLifecyclesNeverBreakTheRules() throws {
-        let scenarios = Int(getenvString("TCPAOD_MODEL_SCENARIOS") ?? "") ?? 150
+        let scenarios = Int(getenvString("TCPAOD_MODEL_SCENARIOS") ?? "") ?? 100
         var totals: [String: Int] = [:]
         for n in 0..<scenarios {
             var m = try KeyLifecycleModel(seed: 0x7C9A_0000 &+ UInt64(n))

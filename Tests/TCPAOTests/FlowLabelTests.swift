@@ -29,7 +29,7 @@ final class MemoryLabelStore: FlowStateStore {
 /// Issue 10: flow state kept in the connection's conntrack label -- its encoding, and what a
 /// restarted engine does with it.
 @Suite struct FlowLabelTests {
-    static func random(_ r: inout SplitMix) -> FlowLabel {
+    static func random(_ r: inout SplitMix64) -> FlowLabel {
         FlowLabel(localISN: UInt32(truncatingIfNeeded: r.next()), remoteISN: UInt32(truncatingIfNeeded: r.next()),
                   sendSNE: UInt16(truncatingIfNeeded: r.next()), recvSNE: UInt16(truncatingIfNeeded: r.next()),
                   sendQuarter: UInt8(r.next() & 3), recvQuarter: UInt8(r.next() & 3), currentSendID: UInt8(truncatingIfNeeded: r.next()),
@@ -37,21 +37,10 @@ final class MemoryLabelStore: FlowStateStore {
                   reservedOptionWords: UInt8(r.next() % 11))
     }
 
-    struct SplitMix {
-        var s: UInt64
-        mutating func next() -> UInt64 {
-            s &+= 0x9E37_79B9_7F4A_7C15
-            var z = s
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// Every label survives the 128-bit form at every offset, and writes only its own bits:
     /// the other users' bits (nft rules, OVS) are left as they were.
     @Test func roundTripAtEveryOffsetLeavesOtherBitsAlone() {
-        var r = SplitMix(s: 42)
+        var r = SplitMix64(state: 42)
         for offset in 0...FlowLabel.maxOffset {
             for _ in 0..<200 {
                 let l = Self.random(&r)
@@ -124,7 +113,6 @@ final class MemoryLabelStore: FlowStateStore {
                 ss &+= 300_000_000
             }
             #expect(store.saves - savesBefore <= 4, "round \(round): \(store.saves - savesBefore) label writes for 8 segments")
-            if ProcessInfoEnv.debug { print("round \(round) before restart: label \(store.labels.values.first.map { b in b.withUnsafeBytes { FlowLabel.decode($0.baseAddress!, offset: 3) } } as Any) state \(String(describing: h.engineA.flowState(FlowKey(local: IPAddress(Self.a)!, remote: IPAddress(Self.b)!, localPort: 50123, remotePort: 830))))") }
             // Restart A: a new engine with the same configuration and store.
             h.engineA = AOEngine(config: h.engineA.config)
             h.engineA.stateStore = store
@@ -176,8 +164,3 @@ final class MemoryLabelStore: FlowStateStore {
         #expect(h.send(s.segment(seq: 0x7001, ack: 0x1001, flags: 0x10), from: .b).ingress == .drop(.noState))
     }
 }
-
-enum ProcessInfoEnv { static let debug = getenv("TCPAOD_DEBUG_LABELS") != nil }
-#if canImport(Glibc)
-import Glibc
-#endif

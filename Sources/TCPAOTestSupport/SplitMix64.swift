@@ -1,0 +1,15 @@
+/// A seeded generator (SplitMix64) for reproducible random tests: a failure names its seed.
+public struct SplitMix64 {
+    public init(state: UInt64) { self.state = state }
+    public var state: UInt64
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    public mutating func int(_ r: ClosedRange<Int>) -> Int { r.lowerBound + Int(next() % UInt64(r.count)) }
+    public mutating func chance(_ percent: Int) -> Bool { int(0...99) < percent }
+    public mutating func pick<T>(_ a: [T]) -> T { a[int(0...(a.count - 1))] }
+}
