@@ -300,15 +300,15 @@ import TCPAO
     @Test func flowStateSettings() throws {
         let base = Self.contract
         let c = try #require(load(base).0)
-        #expect(c.flowState == .conntrack && c.conntrackLabelOffset == 0 && c.conntrackLabelBitRange == 0..<112)
+        #expect(c.flowState == .conntrack && c.conntrackLabelOffset == 0 && c.conntrackLabelBitRange == 0..<123)
         let m = try #require(load("flow-state: memory\n" + base).0)
         #expect(m.flowState == .memory)
-        let o = try #require(load("conntrack-label-offset: 16\n" + base).0)
-        #expect(o.conntrackLabelOffset == 16 && o.conntrackLabelBitRange == 16..<128)
-        expectOne("conntrack-label-offset: 17\n" + base, contains: "17 is out of range", line: 1, path: "conntrack-label-offset")
+        let o = try #require(load("conntrack-label-offset: 5\n" + base).0)
+        #expect(o.conntrackLabelOffset == 5 && o.conntrackLabelBitRange == 5..<128)
+        expectOne("conntrack-label-offset: 6\n" + base, contains: "6 is out of range", line: 1, path: "conntrack-label-offset")
         expectOne("flow-state: kernel\n" + base, contains: "not one of conntrack, memory", line: 1, path: "flow-state")
         expectOne("flow-stat: memory\n" + base, contains: "unknown key `flow-stat`")
-        let (w, d) = load("flow-state: memory\nconntrack-label-offset: 8\n" + base)
+        let (w, d) = load("flow-state: memory\nconntrack-label-offset: 3\n" + base)
         #expect(w != nil && d.warnings.contains { $0.path == "conntrack-label-offset" && $0.message.contains("flow-state: conntrack only") })
     }
 }

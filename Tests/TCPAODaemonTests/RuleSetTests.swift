@@ -118,8 +118,8 @@ import TCPAOConfig
             #expect(rules.filter { $0.contains("connlabel") }.allSatisfy { !$0.contains(" -j ") && !$0.contains("--set") })
             #expect(rules.dropFirst(2).allSatisfy { $0.contains("-j NFQUEUE") })
         }
-        let gw = RuleSet(try config("mode: gateway\nconntrack-label-offset: 16\n" + peers))
-        #expect(try #require(gw.v4).contains("*mangle\n:TCPAOD-FWD - [0:0]\n-I FORWARD 1 -m comment --comment tcpaod -j TCPAOD-FWD\n-A TCPAOD-FWD -p tcp -m connlabel --label 16 -m comment"))
+        let gw = RuleSet(try config("mode: gateway\nconntrack-label-offset: 5\n" + peers))
+        #expect(try #require(gw.v4).contains("*mangle\n:TCPAOD-FWD - [0:0]\n-I FORWARD 1 -m comment --comment tcpaod -j TCPAOD-FWD\n-A TCPAOD-FWD -p tcp -m connlabel --label 5 -m comment"))
         let memory = RuleSet(try config("flow-state: memory\n" + peers))
         let m4 = try #require(memory.v4), m6 = try #require(memory.v6)
         #expect(!m4.contains("connlabel") && !m6.contains("connlabel"))

@@ -13,7 +13,8 @@ usage: ha.py [--demo] [--keep] [--clean]    (root; TCPAOD_BIN = the tcpaod binar
   --demo   narrate (scripts/demo-ha); the checks are the same
   --keep   leave the namespaces and daemons running (fixed names ha-*; ha.py --clean removes)
 Environment: HA_BYTES (default 200 MB), HA_RATE (bytes/s of the paced transfer, default 4 MB/s),
-HA_FAILOVER_AT (bytes delivered before gw1 is killed, default a quarter of HA_BYTES).
+HA_FAILOVER_AT (bytes delivered before gw1 is killed, default a quarter of HA_BYTES), HA_KILL=tcpaod
+(kill only gw1's tcpaod, links up: keepalived's track script must hand the addresses over).
 Exit 0 when every check passed, 1 otherwise. Prints PASS/FAIL lines.
 
 Topology (documentation addresses only):
@@ -44,6 +45,7 @@ FAILOVER_AT = int(os.environ.get("HA_FAILOVER_AT", BYTES // 4))
 CLIENT, SERVER = "192.0.2.10", "198.51.100.10"
 VIP_EXT, VIP_INT = "192.0.2.1", "198.51.100.1"
 BULK_PORT, CHAT_PORT = 830, 9339
+KILL = os.environ.get("HA_KILL", "all")   # all: tcpaod and the links; tcpaod: only tcpaod
 PROBE_BIT = 127
 ROLES = ("sw", "client", "gw1", "gw2", "server")
 
@@ -236,6 +238,14 @@ def configure(lab):
     secret = os.urandom(24).hex()
     ex = lambda name: read(os.path.join(EXAMPLES, name))
     cfg = {}
+    # keepalived runs scripts as root only from paths no other user can write (script
+    # security): copy them out of the source tree, which a user may own.
+    bindir = lab.path("bin")
+    os.makedirs(bindir, mode=0o755, exist_ok=True)
+    for name in ("tcpaod-ha-notify", "tcpaod-ha-check"):
+        with open(os.path.join(bindir, name), "w") as f:
+            f.write(ex(name))
+        os.chmod(os.path.join(bindir, name), 0o755)
     for n in (1, 2):
         g = "gw%d" % n
         d = lab.path(g)
@@ -248,7 +258,7 @@ def configure(lab):
                          ("/var/run/conntrackd.ctl", "conntrackd.ctl")):
             c = c.replace(old, os.path.join(d, new))
         k = ex("keepalived.conf")
-        k = k.replace("/etc/keepalived/", EXAMPLES + "/").replace("/run/tcpaod/stats.json", stats)
+        k = k.replace("/etc/keepalived/", bindir + "/").replace("/run/tcpaod/stats.json", stats)
         k = k.replace("/etc/conntrackd/conntrackd.conf", "%s %s" % (os.path.join(d, "conntrackd.conf"), os.path.join(d, "notify.log")))
         files = {"tcpaod.yaml": y, "conntrackd.conf": c, "keepalived.conf": k}
         for name, text in files.items():
@@ -458,7 +468,7 @@ def scenario(lab):
     gw1_labels = {p: labels(lab, "gw1", p) for p in (BULK_PORT, CHAT_PORT)}
     lab.check(all(gw1_labels.values()), "gw1 keeps the TCP-AO state in the conntrack labels (port %d: %s, port %d: %s)"
               % (BULK_PORT, bits(gw1_labels[BULK_PORT]), CHAT_PORT, bits(gw1_labels[CHAT_PORT])))
-    # A probe bit outside tcpaod's 112 (it writes its bits only, with a mask): shows conntrackd
+    # A probe bit outside tcpaod's label bits (it writes only its own, with a mask): shows conntrackd
     # carries labels to gw2 whatever tcpaod does. Wait until gw2 has received both updates.
     def updated():
         m = re.search(r"cache external:.*?connections updated:\s+(\d+)", lab.run("gw2", ctd2 + ["-s"], check=False).stdout, re.S)
@@ -475,11 +485,14 @@ def scenario(lab):
     gw1_labels = {p: labels(lab, "gw1", p) for p in (BULK_PORT, CHAT_PORT)}
 
     lab.check(vips(lab, "gw1") and not vips(lab, "gw2"), "gw1 is still master before the failure")
-    lab.say("gw1 dies: its tcpaod gets SIGKILL and its three links go down")
+    if KILL == "tcpaod":
+        lab.say("gw1's tcpaod gets SIGKILL (its links stay up: keepalived's track script notices)")
+    else:
+        lab.say("gw1 dies: its tcpaod gets SIGKILL and its three links go down")
     before, _ = delivered()
     t_kill = now()
     lab.procs["tcpaod-gw1"].kill()
-    for dev in ("ext0", "int0", "sync0"):
+    for dev in ("ext0", "int0", "sync0") if KILL != "tcpaod" else ():
         lab.run("gw1", ["ip", "link", "set", dev, "down"])
     lab.info("at %.1f MB delivered (%.1f s after the failover point was reached)" % (before / 1e6, t_kill - t_ready))
     wait_for(lambda: vips(lab, "gw2"), "gw2 to take over the virtual addresses", 30)
@@ -583,6 +596,14 @@ def main():
     if os.geteuid() != 0:
         print("ha.py: run as root", file=sys.stderr)
         return 2
+    if not os.access(TCPAOD, os.X_OK):
+        print("FAIL ha: no tcpaod binary at %s (swift build -c release, or TCPAOD_BIN)" % TCPAOD)
+        return 1
+    import shutil
+    missing = [t for t in ("keepalived", "conntrackd", "conntrack", "tcpdump", "unshare") if not shutil.which(t)]
+    if missing:
+        print("FAIL ha: missing %s (Debian: apt-get install keepalived conntrackd conntrack tcpdump)" % ", ".join(missing))
+        return 1
     prefix = "ha" if keep or narrate else "ha%d" % (os.getpid() % 100000)
     clean_namespaces(prefix)
     work = tempfile.mkdtemp(prefix="tcpaod-ha-")
