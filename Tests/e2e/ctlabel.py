@@ -4,9 +4,9 @@
 usage: ctlabel.py get  SRC SPORT DST DPORT        prints the 128 label bits as 32 hex digits
        ctlabel.py flip SRC SPORT DST DPORT BIT    flips label bit BIT (only that bit: a mask)
 
-`conntrack -U --label-add/--label-del` (conntrack-tools 1.4.7) is refused by the kernels here
-with EOPNOTSUPP (it sends the whole entry back), so the end-to-end tests forge labels with this
-independent writer: IPCTNL_MSG_CT_GET / IPCTNL_MSG_CT_NEW (no NLM_F_CREATE) with CTA_LABELS and
+`conntrack -U --label-add/--label-del` (conntrack-tools 1.4.7) fails with "Operation not
+supported" here unless given `-f ipv4` (the error comes from the IPv6 half of its dump); the
+end-to-end tests forge labels with this small independent writer instead: IPCTNL_MSG_CT_GET / IPCTNL_MSG_CT_NEW (no NLM_F_CREATE) with CTA_LABELS and
 CTA_LABELS_MASK, as linux/netfilter/nfnetlink_conntrack.h defines them. IPv4 only.
 """
 import os

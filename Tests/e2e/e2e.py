@@ -1038,7 +1038,7 @@ def forged_and_expired_labels_deny_never_admit():
             check(lab and lab != "0" * 32, "no label on B's conntrack entry of port %d: %s" % (p, lab))
         # B's tcpaod dies; meanwhile its first connection's label is forged (the lowest bit of the
         # remote ISN, label bit 2 + 32 = 34 with offset 0) and the second's entry disappears.
-        # (`conntrack -U --label-add` is refused with EOPNOTSUPP here: see ctlabel.py.)
+        # (with ctlabel.py, a ctnetlink writer of its own: see its header for `conntrack -U`.)
         db.p.kill()
         db.p.wait(10)
         r = b.run([sys.executable, ctl, "flip", "192.0.2.1", str(ports[0]), "192.0.2.2", "9339", "34"], check_rc=False)

@@ -262,6 +262,9 @@ def configure(lab):
         k = k.replace("/etc/conntrackd/conntrackd.conf", "%s %s" % (os.path.join(d, "conntrackd.conf"), os.path.join(d, "notify.log")))
         files = {"tcpaod.yaml": y, "conntrackd.conf": c, "keepalived.conf": k}
         for name, text in files.items():
+            left = [m for line in text.splitlines() for m in re.findall(r"(?<![\w.-])(?:/etc|/var|/run)/\S+", line.split("#")[0])]
+            if left:  # the example's paths changed: this run would touch the host's files
+                raise Fail("%s: path(s) not mapped to this run's directory: %s" % (name, ", ".join(left)))
             with open(os.path.join(d, name), "w") as f:
                 f.write(text)
             os.chmod(os.path.join(d, name), 0o600)
@@ -390,24 +393,26 @@ def segments(path):
 
 
 def stall(segs, port, t_kill):
-    """For the connection to `port`: the first retransmission from the client after t_kill, the
-    first ACK from the server that acknowledges new data after it, and the longest time without
-    new data acknowledged around the failover."""
-    max_end, first_retx, last_ack, ack_times = None, None, None, []
+    """For the connection to `port`: the longest time around the failover in which the server
+    acknowledged no new data (from, to), and the client's first retransmission in that time."""
+    max_end, last_ack, ack_times, retx = None, None, [], []
     for t, sp, dp, seq, ack, ln, fl in segs:
         if dp == port and ln > 0:
-            end = seq + ln
-            if max_end is not None and ((max_end - end) & 0xffffffff) < 0x80000000 and first_retx is None and t >= t_kill:
-                first_retx = t
-            if max_end is None or ((end - max_end) & 0xffffffff) < 0x80000000:
+            end = (seq + ln) & 0xffffffff
+            if max_end is None or 0 < ((end - max_end) & 0xffffffff) < 0x80000000:
                 max_end = end
+            elif t >= t_kill - 1:
+                retx.append(t)
         elif sp == port and fl & 0x10:
-            if last_ack is None or ((ack - last_ack) & 0xffffffff) not in (0,) and ((ack - last_ack) & 0xffffffff) < 0x80000000:
+            if last_ack is None or 0 < ((ack - last_ack) & 0xffffffff) < 0x80000000:
                 ack_times.append(t)
                 last_ack = ack
-    resume = next((t for t in ack_times if first_retx is not None and t > first_retx), None)
-    gaps = [(b - a, a, b) for a, b in zip(ack_times, ack_times[1:]) if b >= t_kill - 1]
-    return first_retx, resume, max(gaps) if gaps else None
+    gaps = [(b - a, a, b) for a, b in zip(ack_times, ack_times[1:]) if b >= t_kill]
+    if not gaps:
+        return None, None, None
+    gap = max(gaps)
+    first_retx = next((t for t in retx if gap[1] <= t <= gap[2]), None)
+    return first_retx, gap[2], gap
 
 
 # ---- the scenario ---------------------------------------------------------------------------
@@ -571,14 +576,17 @@ def scenario(lab):
     segs = segments(cap_path)
     retx, resume, gap = stall(segs, BULK_PORT, t_kill)
     lab.say("failover timeline (relative to the kill, from the capture at the client)")
-    lab.info("gw2 holds the VIPs        +%.2f s" % (t_vip - t_kill))
-    lab.info("external cache committed +%.2f s" % (t_commit - t_kill))
-    if retx:
-        lab.info("first retransmission     +%.2f s" % (retx - t_kill))
-    if resume:
-        lab.info("first new data acked     +%.2f s  (stall from the first retransmission: %.2f s)" % (resume - t_kill, resume - retx))
+    lab.info("%-25s %+.2f s" % ("gw2 holds the VIPs", t_vip - t_kill))
+    lab.info("%-25s %+.2f s" % ("external cache committed", t_commit - t_kill))
     if gap:
-        lab.info("longest time with no new data acknowledged: %.2f s" % gap[0])
+        lab.info("%-25s %+.2f s" % ("last data acked before", gap[1] - t_kill))
+    if retx:
+        lab.info("%-25s %+.2f s" % ("first retransmission", retx - t_kill))
+    if resume:
+        lab.info("%-25s %+.2f s" % ("first new data acked", resume - t_kill))
+    if gap and retx:
+        lab.info("stall: %.2f s from the first retransmission to the first new data acknowledged (%.2f s without "
+                 "new data acknowledged)" % (resume - retx, gap[0]))
     cretx, cresume, cgap = stall(segs, CHAT_PORT, t_kill)
     if cgap:
         lab.info("session: longest time with no new data acknowledged: %.2f s" % cgap[0])
