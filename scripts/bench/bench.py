@@ -13,7 +13,7 @@ repetitions, which are interleaved across modes), 64-byte request/response laten
 (tcpbench rr), and whole-machine busy CPU seconds per GB moved. Then tcpaod's resident memory
 with 10,000 and 100,000 idle flows, and optionally a soak run sampling its memory.
 
-usage: scripts/bench [--json FILE] [--seconds 5] [--reps 3] [--rr-count 20000] [--modes abcdef]
+usage: scripts/bench [--json FILE] [--seconds 5] [--reps 3] [--rr-count 20000] [--modes abcdefg]
                      [--flows 10000,100000] [--soak SECONDS]
 """
 import argparse
@@ -44,7 +44,11 @@ MODES = {
     "d": "tcpaod TCP-AO HMAC-SHA-1-96",
     "e": "tcpaod TCP-AO AES-128-CMAC-96",
     "f": "tcpaod HMAC-SHA-1-96, flow-state memory",
+    "g": "f + conntrack active (no labels)",
 }
+# g is f with a counter-only `-m conntrack` rule in each host: the kernel tracks every packet
+# as with flow-state: conntrack, but no label is read or written. d/g is what the labels cost,
+# g/f what connection tracking itself costs on this bed (where nothing else enables it).
 # d and e keep flow state in conntrack labels (flow-state: conntrack, the default); f is d with
 # the state in memory only: d/f is what the state store costs.
 
@@ -99,7 +103,7 @@ def config(name, mode, max_flows=65536):
     path = os.path.join(WORK, name + ".yaml")
     peer = BIP if name == "a" else AIP
     alg = "aes-128-cmac-96" if mode == "e" else "hmac-sha-1-96"
-    extra = "passthrough: true\n" if mode == "c" else ("flow-state: memory\n" if mode == "f" else "")
+    extra = "passthrough: true\n" if mode == "c" else ("flow-state: memory\n" if mode in "fg" else "")
     with open(path, "w") as f:
         f.write("mode: host\nqueue: 100\nthreads: 1\nstats-file: %s/%s.stats.json\nstats-interval: 0\nmax-flows: %d\n%s"
                 "key-chains:\n  - name: k\n    keys:\n      - { key-id: 1, send-id: 1, recv-id: 1, crypto-algorithm: %s, key-string: \"%s\" }\n"
@@ -161,7 +165,10 @@ def client(args, md5, timeout):
 
 def measure_mode(mode, seconds, rr_count, do_rr):
     md5 = mode == "b"
-    d = Daemons(mode) if mode in "cdef" else None
+    d = Daemons(mode) if mode in "cdefg" else None
+    if mode == "g":
+        for n in (A, B):
+            run(ns(n, ["iptables", "-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-m", "conntrack", "--ctstate", "ESTABLISHED"]))
     srv = tcpbench_server(md5)
     try:
         c0, t0 = cpu_busy_ticks(), time.time()
@@ -171,7 +178,7 @@ def measure_mode(mode, seconds, rr_count, do_rr):
         bulk["wall"] = time.time() - t0
         rr = client(["rr", "--count", str(rr_count), "--size", "64"], md5, 300) if do_rr else None
         drops = {}
-        if d and mode in "def":
+        if d and mode in "defg":
             for name in ("a", "b"):
                 c = d.stats(name)["counters"]["total"]
                 drops.update({"%s %s" % (name, k): v for k, v in c.items() if k.startswith("dropped-") and v})
@@ -181,6 +188,9 @@ def measure_mode(mode, seconds, rr_count, do_rr):
         srv.wait()
         if d:
             d.stop()
+        if mode == "g":
+            for n in (A, B):
+                run(ns(n, ["iptables", "-t", "mangle", "-D", "OUTPUT", "-p", "tcp", "-m", "conntrack", "--ctstate", "ESTABLISHED"]))
 
 
 def rss_bytes(pid):
@@ -269,7 +279,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--rr-count", type=int, default=20000)
-    ap.add_argument("--modes", default="abcdef")
+    ap.add_argument("--modes", default="abcdefg")
     ap.add_argument("--flows", default="10000,100000")
     ap.add_argument("--soak", type=int, default=0)
     o = ap.parse_args()
@@ -306,14 +316,15 @@ def main():
                                   "rr_runs": [(r["p50_us"], r["p99_us"]) for r in rr[m]], "drops": drops.get(m, {})}
         g = {m: result["modes"][m]["bulk_gbit_per_s"] for m in o.modes}
         ratios = {}
-        for num, den in (("d", "b"), ("d", "c"), ("e", "b"), ("e", "c"), ("d", "f")):
+        for num, den in (("d", "b"), ("d", "c"), ("e", "b"), ("e", "c"), ("d", "f"), ("d", "g"), ("g", "f")):
             if num in g and den in g:
                 ratios["%s/%s" % (num, den)] = g[num] / g[den]
         for num in ("d", "e"):
             if num in o.modes and "c" in o.modes:
                 ratios["rr p50 %s/c" % num] = result["modes"][num]["rr_p50_us"] / result["modes"]["c"]["rr_p50_us"]
-        if "d" in o.modes and "f" in o.modes:
-            ratios["rr p50 d/f"] = result["modes"]["d"]["rr_p50_us"] / result["modes"]["f"]["rr_p50_us"]
+        for num, den in (("d", "f"), ("d", "g"), ("g", "f")):
+            if num in o.modes and den in o.modes:
+                ratios["rr p50 %s/%s" % (num, den)] = result["modes"][num]["rr_p50_us"] / result["modes"][den]["rr_p50_us"]
         result["ratios"] = ratios
         if o.flows:
             log("memory (tcpaod on host A, HMAC-SHA-1-96):")
