@@ -182,7 +182,8 @@ public struct AOEngine: ~Copyable {
             counters.bump(restored ? .flowsRestored : .flowsCreated, peer: peer)
             if restored { noteTransition(i, from: nil) }
             found = i
-            created = !restored
+            // A restored flow stays only once tcpaod signed a segment with it.
+            created = true
         }
         let i = found.unsafelyUnwrapped
         let chain = config.peers[peer].keyChain
@@ -230,7 +231,7 @@ public struct AOEngine: ~Copyable {
         }
         counters.bump(.signed, peer: peer)
         counters.bump(.signed, peer: peer, key: plan.mkt)
-        persist(i, peer: peer)
+        persist(i, peer: peer, now: clock.mono)
         return .acceptModified(length: s.length)
     }
 
@@ -247,6 +248,10 @@ public struct AOEngine: ~Copyable {
             // Migration covers peers that do not sign yet, not connections that already do:
             // once a segment of this flow verified, unsigned ones are dropped (as Linux does).
             if let i = found, table.entries[i].state.lastRecvKeyID != nil { return dropped(.missingAO, peer: peer) }
+            // ... also after a restart: the label tells that the peer signed (its RNextKeyID).
+            if found == nil, !seg.isSYNWithoutACK, let l = loadLabel(key), l.peerRNextKeyID != nil {
+                return dropped(.missingAO, peer: peer)
+            }
             if let i = found {
                 let before = table.entries[i].state
                 table.entries[i].state.commitIngress(seg, keyID: nil, rnextKeyID: nil, chain: chain, wall: clock.wall, mono: clock.mono)
@@ -273,10 +278,14 @@ public struct AOEngine: ~Copyable {
             state = table.entries[i].state
         } else if seg.isSYNWithoutACK {
             state = FlowState(phase: .synReceived, now: clock.mono)
-        } else {
+        } else if let k = chain.acceptKey(recvID: keyID, at: clock.wall), chain.keys[k].algorithm.macLength == seg.aoMACLength {
             guard let l = loadLabel(key) else { return dropped(.noState, peer: peer) }
             state = l.restoredState(now: clock.mono)
             restored = true
+        } else {
+            // No key accepts this KeyID and MAC length: planIngress drops it with the reason,
+            // without a label lookup.
+            state = FlowState(phase: .established, now: clock.mono)
         }
         let decision = state.planIngress(seg, keyID: keyID, macLength: seg.aoMACLength, chain: chain, wall: clock.wall)
         guard case .verify(let plan) = decision else {
@@ -345,7 +354,7 @@ public struct AOEngine: ~Copyable {
             if limit > 0 && AOOption.clampMSS(p, s, to: UInt16(limit)) { counters.bump(.mssClamped, peer: peer) }
             if limit > 0 { table.entries[i].state.reservedOptionLength = UInt8(ao) }
         }
-        persist(i, peer: peer)
+        persist(i, peer: peer, now: clock.mono)
         return .acceptModified(length: s.length)
     }
 
@@ -360,12 +369,20 @@ public struct AOEngine: ~Copyable {
     /// Hands a connection's label to the store when it changed: at the SYN-ACK (both ISNs
     /// known), when a direction's SNE or half changes, when current_key or the peer's
     /// RNextKeyID changes. Never per segment otherwise: one comparison.
+    /// A label that could not be written is tried again at a later segment, at most once a
+    /// second (so a lasting error, e.g. no label space, costs one request per second per flow).
     @inline(__always)
-    mutating func persist(_ i: Int, peer: Int) {
-        guard let store = stateStore, let l = FlowLabel(table.entries[i].state),
-              table.entries[i].savedLabel != l else { return }
-        table.entries[i].savedLabel = l
-        counters.bump(store.save(table.entries[i].key, l) ? .statesSaved : .stateSaveFailed, peer: peer)
+    mutating func persist(_ i: Int, peer: Int, now: UInt32) {
+        guard let store = stateStore, let l = FlowLabel(table.entries[i].state), table.entries[i].savedLabel != l,
+              table.entries[i].saveRetryAt == 0 || Int32(bitPattern: now &- table.entries[i].saveRetryAt) >= 0 else { return }
+        if store.save(table.entries[i].key, l) {
+            table.entries[i].savedLabel = l
+            table.entries[i].saveRetryAt = 0
+            counters.bump(.statesSaved, peer: peer)
+        } else {
+            table.entries[i].saveRetryAt = now &+ 1
+            counters.bump(.stateSaveFailed, peer: peer)
+        }
     }
 
     // MARK: ICMP (RFC 5925 7.8)

@@ -47,7 +47,7 @@ public struct FlowLabel: Sendable, Equatable, CustomStringConvertible {
         self.recvQuarter = recvQuarter & 3
         self.currentSendID = currentSendID
         self.peerRNextKeyID = peerRNextKeyID
-        self.reservedOptionWords = reservedOptionWords
+        self.reservedOptionWords = min(reservedOptionWords, 10) // at most the 40 bytes of option space
     }
 
     /// The label of a connection whose ISNs are both known (from the SYN-ACK on); nil before.
@@ -70,7 +70,10 @@ public struct FlowLabel: Sendable, Equatable, CustomStringConvertible {
         s.recvSNE = SNETracker(seq: UInt32(recvQuarter) << 30, sne: UInt32(recvSNE))
         s.currentSendID = currentSendID
         s.peerRNextKeyID = peerRNextKeyID
-        s.reservedOptionLength = reservedOptionWords * 4
+        // A RNextKeyID was only ever recorded from a verified TCP-AO segment: the peer signs, so
+        // unsigned segments stay dropped for a peer in migration (accept-key-mismatch).
+        s.lastRecvKeyID = peerRNextKeyID
+        s.reservedOptionLength = min(reservedOptionWords, 10) * 4
         return s
     }
 

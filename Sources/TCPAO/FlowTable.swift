@@ -20,6 +20,8 @@ struct FlowEntry: ~Copyable {
     var recvAlgorithm = AOAlgorithm.hmacSHA1_96
     /// The label last handed to the state store (written again only when it changes).
     var savedLabel: FlowLabel? = nil
+    /// Monotonic second from which a label that failed to be written is tried again (0: none).
+    var saveRetryAt: UInt32 = 0
 
     init(key: FlowKey, hash: UInt32, peer: Int, state: FlowState) {
         self.key = key

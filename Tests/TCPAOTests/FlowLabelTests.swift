@@ -8,6 +8,8 @@ final class MemoryLabelStore: FlowStateStore {
     let offset: Int
     var saves = 0
     var loads = 0
+    /// Saves fail while set (a ctnetlink timeout, no label space).
+    var failing = false
 
     init(offset: Int = 0) { self.offset = offset }
 
@@ -19,6 +21,7 @@ final class MemoryLabelStore: FlowStateStore {
 
     func save(_ key: FlowKey, _ label: FlowLabel) -> Bool {
         saves += 1
+        if failing { return false }
         var b = labels[key] ?? [UInt8](repeating: 0, count: 16)
         b.withUnsafeMutableBytes { label.encode(offset: offset, into: $0.baseAddress!) }
         labels[key] = b
@@ -154,6 +157,41 @@ final class MemoryLabelStore: FlowStateStore {
         h.engineA.stateStore = store
         #expect(h.send(s.segment(seq: 0x7004, ack: 0x1001, flags: 0x10), from: .b).ingress == .drop(.noState))
         #expect(h.send(c.segment(seq: 0x1001, ack: 0x7004, flags: 0x10), from: .a).egress == .drop(.noState))
+    }
+
+    /// A label that could not be written is written at a later segment (not marked as saved),
+    /// at most once a second while the store keeps failing.
+    @Test func aFailedLabelWriteIsRetried() {
+        let store = MemoryLabelStore()
+        store.failing = true
+        var h = Self.hosts(store: store)
+        let (c, s) = Self.open(&h)
+        #expect(h.engineA.snapshot()["state-save-failed"] >= 1 && store.labels.isEmpty)
+        let tries = store.saves
+        _ = h.send(c.segment(seq: 0x1001, ack: 0x7001, flags: 0x10), from: .a)
+        #expect(store.saves == tries, "retried within the same second")
+        store.failing = false
+        h.clock.mono &+= 1
+        _ = h.send(s.segment(seq: 0x7001, ack: 0x1001, flags: 0x10), from: .b)
+        #expect(store.labels.count == 1 && h.engineA.snapshot()["states-saved"] == 1)
+    }
+
+    /// A peer in migration (accept-key-mismatch) that signed before the restart: its unsigned
+    /// segments stay dropped after the restart too (the label says it signs).
+    @Test func migrationDoesNotReopenAfterARestart() {
+        let store = MemoryLabelStore()
+        let chain = testChain(algorithm: .hmacSHA1_96)
+        var h = TwoHosts(configA: testConfig(peer: "198.51.100.0/24", chain: chain, acceptKeyMismatch: true),
+                         configB: testConfig(peer: "192.0.2.0/24", chain: chain))
+        h.engineA.stateStore = store
+        let (_, s) = Self.open(&h)
+        h.engineA = AOEngine(config: h.engineA.config)
+        h.engineA.stateStore = store
+        let unsigned = s.segment(seq: 0x7001, ack: 0x1001, flags: 0x18, payload: [1])
+        #expect(h.inject(unsigned, to: .a).0 == .drop(.missingAO))
+        // Restored through a signed segment, the flow still refuses unsigned ones.
+        #expect(h.send(s.segment(seq: 0x7001, ack: 0x1001, flags: 0x10), from: .b).delivered != nil)
+        #expect(h.inject(unsigned, to: .a).0 == .drop(.missingAO))
     }
 
     /// Without a store (flow-state: memory) nothing changes: a restart loses the connection.
