@@ -15,25 +15,10 @@ import TCPAO
 // CTA_IP_V4_SRC 1, _V4_DST 2, _V6_SRC 3, _V6_DST 4; CTA_PROTO_NUM 1, _SRC_PORT 2, _DST_PORT 3.
 // linux/netlink.h: NLM_F_REQUEST 1, NLM_F_ACK 4, NLMSG_ERROR 2, NLMSG_DONE 3, NLA_F_NESTED 0x8000.
 // AF_INET 2, AF_INET6 10, IPPROTO_TCP 6.
-enum CTWire {
+enum CTWire: NetlinkBytes {
     static let msgNew: UInt16 = 1 << 8 | 0
     static let msgGet: UInt16 = 1 << 8 | 1
     static let nested: UInt16 = 0x8000
-
-    static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
-    static func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
-    static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
-    static func be32(_ v: UInt32) -> [UInt8] { (0..<4).reversed().map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
-
-    static func attr(_ type: UInt16, _ value: [UInt8], length: UInt16? = nil) -> [UInt8] {
-        var a = le16(length ?? UInt16(4 + value.count)) + le16(type) + value
-        while a.count % 4 != 0 { a.append(0) }
-        return a
-    }
-
-    static func nlmsg(type: UInt16, flags: UInt16 = 0, seq: UInt32, body: [UInt8], length: UInt32? = nil) -> [UInt8] {
-        le32(length ?? UInt32(16 + body.count)) + le16(type) + le16(flags) + le32(seq) + le32(0) + body
-    }
 
     static func nfgen(family: UInt8) -> [UInt8] { [family, 0, 0, 0] }
 

@@ -12,7 +12,7 @@ import Testing
 // NFQA_PACKET_HDR 1, _VERDICT_HDR 2, _MARK 3, _TIMESTAMP 4, _IFINDEX_INDEV 5, _IFINDEX_OUTDEV 6,
 // _HWADDR 9, _PAYLOAD 10, _CAP_LEN 13, _VLAN 19. linux/netlink.h: NLMSG_NOOP 1, _ERROR 2, _DONE 3;
 // NLA_F_NESTED 0x8000, NLA_F_NET_BYTEORDER 0x4000.
-enum Wire {
+enum Wire: NetlinkBytes {
     static let msgPacket: UInt16 = 3 << 8 | 0
     static let msgVerdict: UInt16 = 3 << 8 | 1
     static let nlmsgError: UInt16 = 2
@@ -22,21 +22,6 @@ enum Wire {
     static let capLen: UInt16 = 13, vlan: UInt16 = 19
     static let nested: UInt16 = 0x8000, netByteOrder: UInt16 = 0x4000
 
-    static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
-    static func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
-    static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
-    static func be32(_ v: UInt32) -> [UInt8] { (0..<4).reversed().map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
-
-    /// A netlink attribute, padded to 4 bytes; `length` overrides nla_len.
-    static func attr(_ type: UInt16, _ value: [UInt8], length: UInt16? = nil) -> [UInt8] {
-        var a = le16(length ?? UInt16(4 + value.count)) + le16(type) + value
-        while a.count % 4 != 0 { a.append(0) }
-        return a
-    }
-
-    static func nlmsg(type: UInt16, flags: UInt16 = 0, seq: UInt32 = 0, body: [UInt8], length: UInt32? = nil) -> [UInt8] {
-        le32(length ?? UInt32(16 + body.count)) + le16(type) + le16(flags) + le32(seq) + le32(0) + body
-    }
 
     static func nfgen(queue: UInt16) -> [UInt8] { [0, 0] + be16(queue) } // AF_UNSPEC, NFNETLINK_V0
 
