@@ -356,12 +356,12 @@ final class Worker: @unchecked Sendable {
     func housekeeping() {
         let eng = engine
         let budget = max(1024, eng.pointee.config.limits.maxFlows / 8)
-        eng.pointee.expire(now: Worker.clock().mono, budget: budget)
         let now = Worker.clock().mono
+        eng.pointee.expire(now: now, budget: budget)
         if let st = flowStore, st.failures != storeFailuresLogged, storeLoggedAt == 0 || now &- storeLoggedAt >= 10 {
             // At most every 10 s, with what the kernel said.
             storeLoggedAt = now
-            log.warning("conntrack label requests failed \(st.failures - storeFailuresLogged) time(s): \(ConntrackLabels.explain(st.lastError)); those connections' state is in memory only")
+            log.warning("conntrack label requests failed \(st.failures - storeFailuresLogged) time(s): \(ConntrackLabels.explain(st.lastError)); those connections' state is in memory only until a write succeeds (retried each second)")
             storeFailuresLogged = st.failures
         }
     }
