@@ -75,15 +75,77 @@ extension ConfigLoader {
                         report(.error, node, "key-chains[\(c.name)]",
                                "no key may be used to \(what) from \(RFC3339.format(t)) until \(RFC3339.format(next))",
                                fix: "extend a key's \(what)-lifetime, or start the next key earlier, so the lifetimes meet")
-                    } else {
+                    } else if what == "accept" {
                         report(.warning, node, "key-chains[\(c.name)]", "every key's \(what)-lifetime ends by \(RFC3339.format(t))",
                                fix: "add the next key before then")
-                    }
+                    } // The end of sending is reported on the last key, by checkRotation.
                     break
                 }
                 if covering == .max { break }
                 t = covering
             }
         }
+        checkRotation(c, node: node)
+    }
+
+    /// The rotation schedule's warnings (`RotationSchedule`), each on the key to change: a
+    /// hand-over that cannot be hitless (the new key not accepted long enough before it sends,
+    /// the old one not long enough after it can last be sent), and the last key that may send
+    /// when its send lifetime ends with no key after it. Only hand-overs after `now`: one that is
+    /// over is history. (A gap between keys is an error of `checkCoverage`.)
+    mutating func checkRotation(_ c: KeyChain, node: Node?) {
+        let s = RotationSchedule(chain: c, now: now)
+        let margin = RotationSchedule.span(RotationSchedule.minimumMargin)
+        func name(_ i: Int) -> String { "key \(c.keys[i].chainKeyID)" }
+        func when(_ t: Int64) -> String { "\(RFC3339.format(t)) (\(s.relative(t)))" }
+        for h in s.shortOverlaps {
+            guard let to = h.to else { continue }
+            let both: String
+            switch h.bothAccepted {
+            case nil: both = "they are never both accepted"
+            case let b? where h.overlap == .max: both = b.start == .min ? "both are always accepted" : "both are accepted from \(RFC3339.format(b.start)) on"
+            case _?: both = "both are accepted for \(RotationSchedule.span(h.overlap))"
+            }
+            let head = "the hand-over from \(name(h.from)) to \(name(to)) at \(when(h.at)) is not hitless (\(both))"
+            if h.lead < RotationSchedule.minimumMargin {
+                let why: String
+                switch h.lead {
+                case .min: why = "\(name(to)) is no longer accepted when it starts sending (its accept-lifetime ends \(RFC3339.format(h.newAcceptedUntil)))"
+                case ..<0: why = "\(name(to)) is accepted only from \(RFC3339.format(h.newAcceptedFrom)), \(RotationSchedule.span(-h.lead)) after it starts sending"
+                default: why = "\(name(to)) is accepted only from \(RFC3339.format(h.newAcceptedFrom)), \(RotationSchedule.span(h.lead)) before it starts sending"
+                }
+                report(.warning, keyNode(node, to, "accept-lifetime"), "key-chains[\(c.name)].keys[\(to)].accept-lifetime",
+                       "\(head): \(why); both ends must accept a key before either sends with it (RFC 5925 6.1), and their clocks differ",
+                       fix: "start \(name(to))'s accept-lifetime at least \(margin) before \(RFC3339.format(h.at)); the NETCONF/gNMI draft's monthly rotation: 12 h before, for 24 h of overlap")
+            }
+            if h.tail < RotationSchedule.minimumMargin {
+                let why: String
+                if h.tail == .min {
+                    why = "\(name(h.from)) may be sent with no end but is accepted only until \(RFC3339.format(h.oldAcceptedUntil)): a connection still using it then (one idle since the hand-over) fails"
+                } else {
+                    let last = h.oldSentUntil == h.at ? "it stops sending" : "it can last be sent (\(RFC3339.format(h.oldSentUntil)))"
+                    let rel = h.tail < 0 ? "\(RotationSchedule.span(-h.tail)) before" : "\(RotationSchedule.span(h.tail)) after"
+                    why = "\(name(h.from)) is accepted only until \(RFC3339.format(h.oldAcceptedUntil)), \(rel) \(last): a peer whose clock runs behind, or a connection idle since, still sends with it"
+                }
+                report(.warning, keyNode(node, h.from, "accept-lifetime"), "key-chains[\(c.name)].keys[\(h.from)].accept-lifetime",
+                       "\(head): \(why); keep accepting a key until neither end can send with it (RFC 5925 6.1)",
+                       fix: h.oldSentUntil == .max
+                           ? "end \(name(h.from))'s send-lifetime at \(RFC3339.format(h.at)) and its accept-lifetime at least \(margin) later"
+                           : "end \(name(h.from))'s accept-lifetime at least \(margin) after \(RFC3339.format(h.oldSentUntil)); the NETCONF/gNMI draft's monthly rotation: 12 h after, for 24 h of overlap")
+            }
+        }
+        if let h = s.lastSend {
+            report(.warning, keyNode(node, h.from, "send-lifetime"), "key-chains[\(c.name)].keys[\(h.from)].send-lifetime",
+                   "\(name(h.from)) is the last key that may send: its send-lifetime ends \(when(h.at)) and no key follows, so the chain's peers cannot be sent to from then",
+                   fix: "add the next key (accepted at least \(margin) before it sends), or make \(name(h.from))'s send-lifetime no-end-time until the next rotation adds one")
+        }
+    }
+
+    /// The node of key `i` of a chain (its `field` when given, else the key), for a
+    /// diagnostic's location; the chain's node when the key cannot be found.
+    func keyNode(_ chain: Node?, _ i: Int, _ field: String) -> Node? {
+        guard let keys = chain?["keys"]?.sequence.map(Array.init), keys.indices.contains(i) else { return chain }
+        let k = keys[i]
+        return k[field] ?? k["send-accept-lifetime"] ?? k
     }
 }

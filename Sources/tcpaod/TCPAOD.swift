@@ -48,6 +48,9 @@ struct Check: ParsableCommand {
             let send = chain.preferredSendKey(at: now).map { "\(chain.keys[$0])" } ?? "none"
             print("  peer \(p.name): \(p.prefix) ports \(p.ports.isEmpty ? "all" : p.ports.map(String.init).joined(separator: ",")), chain \(chain.name), sends with \(send)")
         }
+        for chain in cfg.keyChains {
+            for line in Check.schedule(RotationSchedule(chain: chain, now: now), chain) { print("  " + line) }
+        }
         // Looks only (files under /proc, /sys, /lib/modules; `iptables -m connlabel --help`).
         switch cfg.flowState {
         case .memory:
@@ -63,5 +66,52 @@ struct Check: ParsableCommand {
                 print("    so \(ConntrackRequirements.fallback) (set flow-state: memory to say so and silence this)")
             }
         }
+    }
+
+    /// Hand-overs printed at most; the rest are counted.
+    static let shownHandOvers = 3
+
+    /// The chain's rotation schedule for people, e.g.
+    /// `chain dev1: key 1 (SendID 1) sends now, until 2026-12-01T00:00:00Z (in 2 d); then key 2
+    /// (SendID 2), with no end; both accepted 2026-11-30T12:00Z–2026-12-01T12:00Z (24 h overlap)`.
+    static func schedule(_ s: RotationSchedule, _ chain: KeyChain) -> [String] {
+        func key(_ i: Int) -> String { "key \(chain.keys[i].chainKeyID) (SendID \(chain.keys[i].sendID))" }
+        func when(_ t: Int64) -> String { "\(RFC3339.format(t)) (\(s.relative(t)))" }
+        func accepted(_ h: RotationSchedule.HandOver) -> String {
+            guard let b = h.bothAccepted else { return "never both accepted" }
+            let from = b.start == .min ? "always" : RotationSchedule.shortDate(b.start)
+            if b.end == .max { return b.start == .min ? "both always accepted" : "both accepted from \(from) on" }
+            return "both accepted \(from)–\(RotationSchedule.shortDate(b.end)) (\(RotationSchedule.span(h.overlap)) overlap)"
+        }
+        let accepting = s.acceptEnd == .max ? "accepted with no end" : "the last key accepted until \(when(s.acceptEnd))"
+        guard let current = s.current else { return ["chain \(chain.name): no key sends now; \(accepting)"] }
+        var lines: [String] = []
+        var line = "chain \(chain.name): \(key(current)) sends now"
+        guard !s.handOvers.isEmpty else { return [line + ", with no end"] }
+        for (n, h) in s.handOvers.enumerated() {
+            if n == Check.shownHandOvers, s.handOvers.count > n + 1 {
+                let last = s.handOvers[s.handOvers.count - 1]
+                let more = s.handOvers.count - n
+                lines.append(line)
+                if let to = last.to {
+                    line = "  ... \(more) more hand-overs, the last to \(key(to)) at \(when(last.at)), with no end"
+                } else {
+                    line = "  ... \(more - 1) more hand-overs, then no key from \(when(last.at))"
+                    line += last.resumes.map { " until \(when($0))" } ?? "; \(accepting)"
+                }
+                break
+            }
+            if n == 0 { line += ", until \(when(h.at))" } else { lines.append(line); line = "  then" }
+            guard let to = h.to else {
+                line += n == 0 ? "; then no key" : " no key from \(when(h.at))"
+                line += h.resumes.map { " until \(when($0))" } ?? (n == 0 ? " after that; " : "; ") + accepting
+                break
+            }
+            line += n == 0 ? "; then \(key(to))" : " \(key(to)) from \(when(h.at))"
+            if n == s.handOvers.count - 1 { line += ", with no end" }
+            line += "; \(accepted(h))"
+        }
+        lines.append(line)
+        return lines
     }
 }
