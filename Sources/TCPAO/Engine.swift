@@ -192,7 +192,7 @@ public struct AOEngine: ~Copyable {
         noteTransition(i, from: before)
         guard case .sign(let plan) = decision else {
             if case .drop(let r) = decision {
-                if created { removeFlow(at: i) }
+                if created { removeFlow(at: i) } else { table.entries[i].dropped &+= 1 }
                 return dropped(r, peer: peer)
             }
             return .accept
@@ -207,7 +207,7 @@ public struct AOEngine: ~Copyable {
                                     keyID: plan.keyID, rnextKeyID: plan.rnextKeyID)
         } catch {
             // Fail closed (RFC 5925 7.6): no room for TCP-AO means the segment does not leave.
-            if created { removeFlow(at: i) }
+            if created { removeFlow(at: i) } else { table.entries[i].dropped &+= 1 }
             return dropped(error == .noOptionSpace ? .noOptionSpace : .malformed, peer: peer)
         }
         if s.length - seg.length != alg.alignedOptionLength { counters.bump(.optionsTrimmed, peer: peer) }
@@ -231,6 +231,7 @@ public struct AOEngine: ~Copyable {
         }
         counters.bump(.signed, peer: peer)
         counters.bump(.signed, peer: peer, key: plan.mkt)
+        table.entries[i].signed &+= 1
         persist(i, peer: peer, now: clock.mono)
         return .acceptModified(length: s.length)
     }
@@ -244,10 +245,16 @@ public struct AOEngine: ~Copyable {
         let found = table.find(key, hash: h)
         guard seg.hasAO else {
             // No TCP-AO from a peer that has keys: dropped, unless the peer is being migrated.
-            guard config.peers[peer].acceptKeyMismatch else { return dropped(.missingAO, peer: peer) }
+            guard config.peers[peer].acceptKeyMismatch else {
+                if let i = found { table.entries[i].dropped &+= 1 }
+                return dropped(.missingAO, peer: peer)
+            }
             // Migration covers peers that do not sign yet, not connections that already do:
             // once a segment of this flow verified, unsigned ones are dropped (as Linux does).
-            if let i = found, table.entries[i].state.lastRecvKeyID != nil { return dropped(.missingAO, peer: peer) }
+            if let i = found, table.entries[i].state.lastRecvKeyID != nil {
+                table.entries[i].dropped &+= 1
+                return dropped(.missingAO, peer: peer)
+            }
             // ... also after a restart: the label tells that the peer signed (its RNextKeyID).
             if found == nil, !seg.isSYNWithoutACK, let l = loadLabel(key), l.peerRNextKeyID != nil {
                 return dropped(.missingAO, peer: peer)
@@ -289,7 +296,10 @@ public struct AOEngine: ~Copyable {
         }
         let decision = state.planIngress(seg, keyID: keyID, macLength: seg.aoMACLength, chain: chain, wall: clock.wall)
         guard case .verify(let plan) = decision else {
-            if case .drop(let r) = decision { return dropped(r, peer: peer) }
+            if case .drop(let r) = decision {
+                if let i = found { table.entries[i].dropped &+= 1 }
+                return dropped(r, peer: peer)
+            }
             return .accept
         }
         let alg = chain.keys[plan.mkt].algorithm
@@ -318,6 +328,7 @@ public struct AOEngine: ~Copyable {
         guard ok else {
             counters.bump(.badMAC, peer: peer, key: plan.mkt)
             if restored { counters.bump(.restoreFailed, peer: peer) }
+            if let i = found { table.entries[i].dropped &+= 1 }
             return dropped(.badMAC, peer: peer)
         }
         var slot = found
@@ -341,6 +352,7 @@ public struct AOEngine: ~Copyable {
         }
         counters.bump(.verified, peer: peer)
         counters.bump(.verified, peer: peer, key: plan.mkt)
+        table.entries[i].verified &+= 1
         // 7.5: "remove TCP-AO from the segment" before TCP sees it.
         let s = AOOption.strip(p, seg)
         if s.isSYN && s.mssOffset >= 0 {

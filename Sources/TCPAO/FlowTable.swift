@@ -22,12 +22,20 @@ struct FlowEntry: ~Copyable {
     var savedLabel: FlowLabel? = nil
     /// Monotonic second from which a label that failed to be written is tried again (0: none).
     var saveRetryAt: UInt32 = 0
+    /// Monotonic second the engine started tracking the connection (created or restored).
+    var createdAt: UInt32
+    /// This connection's segments signed, verified, and dropped (those dropped once the flow
+    /// existed): `tcpaod flows`. Incremented beside the engine's counters, nothing else.
+    var signed: UInt64 = 0
+    var verified: UInt64 = 0
+    var dropped: UInt64 = 0
 
     init(key: FlowKey, hash: UInt32, peer: Int, state: FlowState) {
         self.key = key
         self.hash = hash
         self.peer = Int32(peer)
         self.state = state
+        createdAt = state.lastSeen
     }
 
     mutating func dropKeys() {

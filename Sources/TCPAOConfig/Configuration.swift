@@ -56,8 +56,18 @@ public struct Configuration: Sendable {
     public var logLevel = "info"
     /// Seconds between counter summaries in the log (0: none).
     public var statsInterval = 60
-    /// Where `tcpaod stats` finds the running daemon's counters.
-    public var statsFile = "/run/tcpaod/stats.json"
+    /// This daemon's name among several on one host (one per network namespace): its control
+    /// socket and default stats file live under `/run/tcpaod/NAME/`. Empty: the default
+    /// instance (`/run/tcpaod/control.sock`, `/run/tcpaod/stats.json`).
+    public var instance = ""
+    /// `stats-file` as written in the file (nil: the instance's default).
+    public var statsFileSetting: String? = nil
+    /// Where `tcpaod stats` finds the running daemon's counters: `stats-file`, else the
+    /// instance's default.
+    public var statsFile: String {
+        get { statsFileSetting ?? RuntimePaths(instance: instance).statsFile }
+        set { statsFileSetting = newValue }
+    }
     public var firewall: FirewallBackend = .iptables
     /// Gateway mode: the hosts this gateway protects. Only segments from them toward a peer are
     /// signed, only segments from a peer toward them are verified; empty means any address.
@@ -88,4 +98,41 @@ public struct Configuration: Sendable {
 
     /// Every MKT of every chain.
     public var allKeys: [MKT] { keyChains.flatMap(\.keys) }
+}
+
+/// Where a tcpaod instance keeps its runtime files. The default instance (name "" or
+/// "default") uses /run/tcpaod/control.sock and /run/tcpaod/stats.json, as before instances
+/// existed; instance NAME uses /run/tcpaod/NAME/control.sock and /run/tcpaod/NAME/stats.json.
+public struct RuntimePaths: Sendable, Equatable {
+    public static let base = "/run/tcpaod"
+    /// "" for the default instance.
+    public let instance: String
+
+    public init(instance: String) {
+        self.instance = RuntimePaths.normalized(instance)
+    }
+
+    public var isDefault: Bool { instance.isEmpty }
+    /// The instance's name for messages.
+    public var displayName: String { isDefault ? "default" : instance }
+    public var directory: String { isDefault ? RuntimePaths.base : RuntimePaths.base + "/" + instance }
+    public var controlSocket: String { directory + "/control.sock" }
+    public var statsFile: String { directory + "/stats.json" }
+
+    /// "default" is the default instance's name too.
+    public static func normalized(_ name: String) -> String { name == "default" ? "" : name }
+
+    /// Why `name` cannot name an instance (nil: it can). A directory name under /run/tcpaod:
+    /// 1 to 32 letters, digits, `.`, `_`, `-`, starting with a letter or digit.
+    public static func problem(_ name: String) -> String? {
+        if name.isEmpty { return "an instance name cannot be empty" }
+        if name.utf8.count > 32 { return "`\(name)` is longer than 32 characters" }
+        let ok = name.unicodeScalars.allSatisfy { c in
+            (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == "." || c == "_" || c == "-"
+        }
+        guard ok, let f = name.unicodeScalars.first, f != ".", f != "-", f != "_" else {
+            return "`\(name)` is not an instance name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit"
+        }
+        return nil
+    }
 }

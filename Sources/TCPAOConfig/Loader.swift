@@ -165,7 +165,7 @@ public struct ConfigLoader {
 
     static let topKeys = ["mode", "queue", "threads", "queue-bypass", "on-exit", "flow-state", "conntrack-label-offset", "passthrough", "max-flows", "idle-timeout",
                           "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "firewall", "protected-prefixes",
-                          "protect-loopback", "key-chains", "peers"]
+                          "protect-loopback", "instance", "key-chains", "peers"]
 
     mutating func parse(_ text: String, previous: Configuration?) -> Configuration {
         var cfg = Configuration(file: file)
@@ -224,6 +224,13 @@ public struct ConfigLoader {
         }
         if let n = f["stats-interval"]?.value, let v = int(n, "stats-interval", 0...86400, what: "interval (seconds)") { cfg.statsInterval = v }
         if let n = f["stats-file"]?.value, let s = string(n, "stats-file") { cfg.statsFile = s }
+        if let n = f["instance"]?.value, let s = string(n, "instance") {
+            if let why = RuntimePaths.problem(s) {
+                report(.error, n, "instance", why, fix: "name it like `site-a` or `ns1` (its control socket is /run/tcpaod/NAME/control.sock)")
+            } else {
+                cfg.instance = RuntimePaths.normalized(s)
+            }
+        }
         if let n = f["firewall"]?.value, let v = choice(n, "firewall", FirewallBackend.self) { cfg.firewall = v }
         if let n = f["protect-loopback"]?.value, let v = bool(n, "protect-loopback") {
             cfg.protectLoopback = v

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 import TCPAO
 import TCPAOConfig
 #if canImport(Glibc)
@@ -43,15 +44,31 @@ public final class Daemon: @unchecked Sendable {
     /// `tcpaod run --on-exit`: overrides the file's `on-exit` (the systemd unit keeps the rules
     /// on SIGTERM and lets its ExecStopPost decide, see `StopPolicy`).
     let onExitOverride: ExitPolicy?
+    /// `tcpaod run --instance`: overrides the file's `instance` (also across reloads).
+    let instanceOverride: String?
+    /// The control socket (nil: none, e.g. another live process holds the path).
+    var controlServer: ControlServer?
+    let dispatcher = ControlDispatcher()
+    /// What the control socket's threads read: published on the control queue at start and at
+    /// each reload, read under the lock (never waits for a reload in progress).
+    let published: Mutex<DaemonView>
+    /// Where the flow state is kept, and why (`tcpaod status`).
+    var flowStateNote = ""
 
-    public init(configPath: String, config: Configuration, manageRules: Bool, onExit: ExitPolicy? = nil, log: Logger) {
+    public init(configPath: String, config: Configuration, manageRules: Bool, onExit: ExitPolicy? = nil,
+                instance: String? = nil, log: Logger) {
         self.configPath = configPath
+        var config = config
+        if let instance { config.instance = RuntimePaths.normalized(instance) }
         self.config = config
         self.manageRules = manageRules
         self.onExitOverride = onExit
+        self.instanceOverride = instance.map(RuntimePaths.normalized)
         self.log = log
+        if !config.instance.isEmpty { self.log[metadataKey: "instance"] = "\(config.instance)" }
         firewall = Firewall(backend: config.firewall)
         budget = FlowBudget(limit: config.limits.maxFlows)
+        published = Mutex(DaemonView(config: config, reloads: 0, loadedAt: Int64(Date().timeIntervalSince1970), flowState: "", controlSocket: nil))
     }
 
     /// Starts everything; returns once running (the caller then parks in dispatchMain()).
@@ -80,6 +97,7 @@ public final class Daemon: @unchecked Sendable {
                     try firewall.install(RuleSet(config))
                 } catch where config.flowState == .conntrack {
                     log.warning("flow-state: conntrack: the rules with the connlabel match were refused (\(error)); \(ConntrackRequirements.fallback)")
+                    flowStateNote = "the rules with the connlabel match were refused (\(error))"
                     config.flowState = .memory
                     try firewall.install(RuleSet(config))
                 }
@@ -91,6 +109,8 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         workers.forEach { $0.start() }
+        startControl()
+        publish(loadedAt: Int64(Date().timeIntervalSince1970))
         installSignalHandlers()
         startStats()
         let peers = config.peers.map { "\($0.name) (\($0.prefix)\($0.ports.isEmpty ? "" : " ports " + $0.ports.map(String.init).joined(separator: ",")))" }
@@ -102,16 +122,20 @@ public final class Daemon: @unchecked Sendable {
     /// (The rules then carry no connlabel match; reloads keep the value chosen here.)
     func resolveFlowState() {
         guard config.flowState == .conntrack else {
+            flowStateNote = "configured (flow-state: memory): connections do not survive a restart"
             log.info("flow-state: memory: \(ConntrackRequirements.fallback)")
             return
         }
         var problems = ConntrackRequirements.problems(backend: config.firewall, needIPv6: RuleSet(config).v6 != nil)
         if case .unavailable(let reason) = ConntrackLabels.probe() { problems.append("ctnetlink: \(reason)") }
         guard problems.isEmpty else {
+            flowStateNote = "flow-state: conntrack cannot be used here: \(problems.joined(separator: "; "))"
             log.warning("flow-state: conntrack cannot be used here: \(problems.joined(separator: "; ")); \(ConntrackRequirements.fallback)")
             config.flowState = .memory
             return
         }
+        let r = config.conntrackLabelBitRange
+        flowStateNote = "conntrack labels (bits \(r.lowerBound)-\(r.upperBound - 1)): connections survive a restart"
     }
 
     func installSignalHandlers() {
@@ -143,6 +167,8 @@ public final class Daemon: @unchecked Sendable {
             return
         }
         var restartOnly: [String] = []
+        if let i = instanceOverride { c.instance = i }
+        if c.instance != config.instance { restartOnly.append("instance"); c.instance = config.instance }
         if c.mode != config.mode { restartOnly.append("mode"); c.mode = config.mode }
         if c.queue != config.queue || c.threads != config.threads { restartOnly.append("queue/threads"); c.queue = config.queue; c.threads = config.threads }
         if c.firewall != config.firewall { restartOnly.append("firewall"); c.firewall = config.firewall }
@@ -175,6 +201,7 @@ public final class Daemon: @unchecked Sendable {
         config = c
         reloads += 1
         let now = Int64(Date().timeIntervalSince1970)
+        publish(loadedAt: now)
         let sending = c.peers.map { p in "\(p.name): \(p.keyChain.preferredSendKey(at: now).map { "\(p.keyChain.keys[$0])" } ?? "no key")" }
         log.notice("configuration reloaded; preferred keys: \(sending.joined(separator: "; "))")
     }
@@ -192,6 +219,7 @@ public final class Daemon: @unchecked Sendable {
         log.notice(restart ? "stopping for a restart (SIGUSR2): the rules stay" : "stopping (signal \(s))")
         SystemdNotify.send("STOPPING=1")
         statsTimer?.cancel()
+        controlServer?.stop()
         // Rules first, so that nothing new is queued; then the last verdicts.
         if rulesInstalled && !keep {
             firewall.remove()

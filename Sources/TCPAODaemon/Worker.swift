@@ -86,6 +86,11 @@ final class Mailbox: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Something waits to run: the loop then polls the socket instead of sleeping in it, so
+    /// work posted in steps (a flow walk) continues at the next loop turn.
+    @inline(__always)
+    var hasPending: Bool { pending.load(ordering: .acquiring) }
+
     /// Cheap to call on every loop turn: no lock unless something was posted.
     @inline(__always)
     func runPending() {
@@ -169,7 +174,7 @@ final class Worker: @unchecked Sendable {
     func run() {
         var lastHousekeeping = Worker.clock().mono
         while !stopRequested {
-            drain(maxBatches: 64, blocking: true)
+            drain(maxBatches: 64, blocking: !mailbox.hasPending)
             mailbox.runPending()
             let now = Worker.clock().mono
             if now != lastHousekeeping {
@@ -392,6 +397,27 @@ final class Worker: @unchecked Sendable {
         return result
     }
 
+    /// The counters, taken on the worker's thread; the answer arrives through the handle.
+    func requestSnapshot() -> Pending<(CounterSnapshot, IOStats)> {
+        let p = Pending<(CounterSnapshot, IOStats)>()
+        if stopped { p.fulfil(takeSnapshot()); return p }
+        mailbox.post { [self] in p.fulfil(takeSnapshot()) }
+        return p
+    }
+
+    /// Copies the worker's flows (those of peer `peer`, by name, or all) a chunk of at most
+    /// `slots` table slots per loop turn, between batches: a walk of 100,000 flows never holds
+    /// the packet path for more than one chunk's copy.
+    func requestFlows(peer: String?, slots: Int = FlowWalk.defaultSlots) -> FlowWalk {
+        let w = FlowWalk(peer: peer, slots: slots)
+        if stopped {
+            while !w.step(engine) {}
+        } else {
+            w.start(engine, on: mailbox)
+        }
+        return w
+    }
+
     private func takeSnapshot() -> (CounterSnapshot, IOStats) {
         var s = retired
         s.add(engine.pointee.snapshot())
@@ -406,6 +432,106 @@ final class Worker: @unchecked Sendable {
         mailbox.post { [self] in stopRequested = true }
         finished.wait()
         stopped = true
+    }
+}
+
+/// An answer from a worker's thread, waited for on another (never on a worker's queue).
+final class Pending<T>: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private var value: T?
+
+    func fulfil(_ v: T) {
+        value = v
+        done.signal()
+    }
+
+    /// The value, or nil when it did not come by `deadline`.
+    func wait(until deadline: DispatchTime) -> T? {
+        guard done.wait(timeout: deadline) == .success else { return nil }
+        return value
+    }
+}
+
+/// Flows copied in one step, with the names of the peers their `peer` indexes (the engine's
+/// configuration then: a reload between two steps changes nothing for either).
+public struct FlowChunk: Sendable {
+    public var queue: Int
+    public var peers: [String]
+    public var flows: [FlowInfo]
+
+    public init(queue: Int, peers: [String], flows: [FlowInfo]) {
+        self.queue = queue
+        self.peers = peers
+        self.flows = flows
+    }
+
+    public func peerName(_ f: FlowInfo) -> String { f.peer >= 0 && f.peer < peers.count ? peers[f.peer] : "?" }
+}
+
+/// A walk over one engine's flows in bounded steps, each run on the worker's thread between
+/// batches. The chunks are read by the waiting thread once `done` is signalled (the semaphore
+/// orders the two); after a timeout it stops reading and marks the walk cancelled.
+final class FlowWalk: @unchecked Sendable {
+    static let defaultSlots = 4096
+    let peer: String?
+    let slots: Int
+    private var cursor = 0
+    private(set) var chunks: [FlowChunk] = []
+    /// Steps taken and the most flows copied in one (tests).
+    private(set) var steps = 0
+    private(set) var largestStep = 0
+    private(set) var longestStepNanoseconds: UInt64 = 0
+    private let done = DispatchSemaphore(value: 0)
+    private let cancelled = Atomic<Bool>(false)
+
+    init(peer: String?, slots: Int) {
+        self.peer = peer
+        self.slots = max(slots, 1)
+    }
+
+    /// Posts the first step to the worker's mailbox; each step posts the next until the end.
+    /// (A pending mailbox keeps the worker from sleeping in its receive: the steps follow each
+    /// other at every loop turn, between batches.)
+    func start(_ engine: UnsafeMutablePointer<AOEngine>, on mailbox: Mailbox) {
+        func next() { if !step(engine) { mailbox.post(next) } }
+        mailbox.post(next)
+    }
+
+    /// One chunk; true when the walk is over (finished or cancelled).
+    func step(_ engine: UnsafeMutablePointer<AOEngine>) -> Bool {
+        if cancelled.load(ordering: .relaxed) { return true }
+        var index: Int? = nil
+        if let peer {
+            // By name in the worker's own configuration (a reload may have changed indexes).
+            guard let i = engine.pointee.config.peers.firstIndex(where: { $0.name == peer }) else {
+                done.signal()
+                return true
+            }
+            index = i
+        }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var chunk: [FlowInfo] = []
+        chunk.reserveCapacity(min(slots, engine.pointee.flowCount))
+        let next = engine.pointee.copyFlows(from: cursor, slots: slots, peer: index, into: &chunk)
+        steps += 1
+        largestStep = max(largestStep, chunk.count)
+        longestStepNanoseconds = max(longestStepNanoseconds, DispatchTime.now().uptimeNanoseconds - t0)
+        if !chunk.isEmpty { chunks.append(FlowChunk(queue: 0, peers: engine.pointee.config.peers.map(\.name), flows: chunk)) }
+        guard let n = next else {
+            done.signal()
+            return true
+        }
+        cursor = n
+        return false
+    }
+
+    /// The flows in chunks, or nil when the walk did not end by `deadline` (it is then cancelled).
+    func wait(until deadline: DispatchTime) -> [FlowChunk]? {
+        guard done.wait(timeout: deadline) == .success else {
+            cancelled.store(true, ordering: .relaxed)
+            return nil
+        }
+        return chunks
     }
 }
 

@@ -6,7 +6,7 @@ import TCPAOConfig
 import TCPAODaemon
 
 extension TCPAOD {
-    static let daemonSubcommands: [ParsableCommand.Type] = [Run.self, Rules.self, Stats.self]
+    static let daemonSubcommands: [ParsableCommand.Type] = [Run.self, Rules.self, Stats.self, Status.self, Flows.self, Keys.self]
 }
 
 struct Run: ParsableCommand {
@@ -31,6 +31,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("What SIGTERM/SIGINT do with the rules, overriding the file's on-exit: remove-rules or keep-rules. The systemd unit passes keep-rules and removes them in ExecStopPost unless restarting.", valueName: "policy"))
     var onExit: String?
 
+    @Option(help: ArgumentHelp("This tcpaod's instance name, overriding the file's `instance`: its control socket is /run/tcpaod/NAME/control.sock and its default stats file /run/tcpaod/NAME/stats.json (\"default\": /run/tcpaod/control.sock). One per tcpaod on a host (e.g. per network namespace).", valueName: "name"))
+    var instance: String?
+
     func run() throws {
         var exitPolicy: ExitPolicy?
         if let onExit {
@@ -40,6 +43,10 @@ struct Run: ParsableCommand {
             }
             exitPolicy = p
         }
+        if let instance, instance != "default", let why = RuntimePaths.problem(instance) {
+            FileHandle.standardError.write(Data("tcpaod: --instance: \(why)\n".utf8))
+            throw ExitCode(2)
+        }
         let cfg = try loadConfiguration(config)
         let level = Logger.Level(rawValue: cfg.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -47,7 +54,7 @@ struct Run: ParsableCommand {
             h.logLevel = level
             return h
         }
-        let daemon = Daemon(configPath: config, config: cfg, manageRules: !noRules, onExit: exitPolicy, log: Logger(label: "tcpaod"))
+        let daemon = Daemon(configPath: config, config: cfg, manageRules: !noRules, onExit: exitPolicy, instance: instance, log: Logger(label: "tcpaod"))
         do { try daemon.start() } catch {
             FileHandle.standardError.write(Data("tcpaod: \(error)\n".utf8))
             throw ExitCode(1)
@@ -115,15 +122,30 @@ struct Stats: ParsableCommand {
     @Option(help: "The stats file (default: the configuration's stats-file, else /run/tcpaod/stats.json).")
     var file: String?
 
+    @Option(help: ArgumentHelp("Ask this instance's daemon over its control socket instead of reading a stats file.", valueName: "name"))
+    var instance: String?
+
+    @Option(help: ArgumentHelp("Ask the daemon on this control socket instead of reading a stats file.", valueName: "path"))
+    var socket: String?
+
     @Flag(help: "Print the raw JSON.")
     var json = false
 
     func run() throws {
-        var path = file ?? "/run/tcpaod/stats.json"
-        if file == nil, let config { path = try loadConfiguration(config, purpose: .daemon, quietWarnings: true).statsFile }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            FileHandle.standardError.write(Data("tcpaod: no stats at \(path): is tcpaod running?\n".utf8))
-            throw ExitCode(2)
+        let data: Data
+        if instance != nil || socket != nil {
+            let (answer, _) = try ControlTarget(instance: instance, socket: socket, config: nil).ask(ControlRequest(command: "stats"))
+            var w = JSONWriter()
+            w.value(answer["stats"] ?? .null)
+            data = Data(w.bytes)
+        } else {
+            var path = file ?? "/run/tcpaod/stats.json"
+            if file == nil, let config { path = try loadConfiguration(config, purpose: .daemon, quietWarnings: true).statsFile }
+            guard let d = FileManager.default.contents(atPath: path) else {
+                FileHandle.standardError.write(Data("tcpaod: no stats at \(path): is tcpaod running?\n".utf8))
+                throw ExitCode(2)
+            }
+            data = d
         }
         if json { print(String(decoding: data, as: UTF8.self)); return }
         let r = try JSONDecoder().decode(StatsReport.self, from: data)

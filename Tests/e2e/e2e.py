@@ -1397,6 +1397,189 @@ def systemd_unit_and_notify_protocol():
     finally:
         topo.close()
 
+@test
+def control_socket_status_flows_keys():
+    """Live view ("Operate it"): two tcpaod instances in two namespaces with their own instance
+    names (A by --instance, B by `instance:` in its file, with the instance's default stats
+    file), each with its own control socket (mode 0600). A connection from A to B shows in
+    `tcpaod flows --json` on both sides with its 4-tuple, KeyID and counters that move;
+    `status --json` lists the queues with the kernel's drop counters; `keys --json` the keys,
+    the preferred one, the connection using it; the text forms too; no secret anywhere. Bad
+    requests over the raw socket get clear errors; another user is refused; an unknown
+    instance and a stopped daemon are reported with the path and how to start it."""
+    import socket as sk
+    topo = Topology()
+    ia, ib = "%s-ctl-a" % TAG, "%s-ctl-b" % TAG
+    dirs = ["/run/tcpaod/" + ia, "/run/tcpaod/" + ib]
+    try:
+        a, b = two_hosts(topo)
+        later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
+        secret2 = "the second, later key of the chain"
+        keys = [key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET),
+                key_yaml(2, 2, 2, "aes-128-cmac-96", secret2, ", send-lifetime: { start-date-time: %s, no-end-time: true }" % later)]
+        ca = write_config("ctl-a", [("b", "192.0.2.2/32", [9339])], keys)
+        cb = os.path.join(WORK, "ctl-b.yaml")
+        with open(cb, "w") as f:
+            f.write("mode: host\nqueue: 100\nthreads: 2\nstats-interval: 0\ninstance: %s\nkey-chains:\n  - name: k\n    keys:\n%s"
+                    "peers:\n  - { name: a, prefix: \"192.0.2.1/32\", ports: [9339], key-chain: k }\n" % (ib, "".join(keys)))
+        os.chmod(cb, 0o600)
+        sock_a, sock_b = dirs[0] + "/control.sock", dirs[1] + "/control.sock"
+        logs = {}
+        procs = {}
+        for ns, cfg, name, extra in ((a, ca, "a", ["--instance", ia]), (b, cb, "b", [])):
+            logs[name] = open(os.path.join(WORK, "ctl-%s.log" % name), "w")
+            procs[name] = ns.popen([TCPAOD, "run", "--config", cfg] + extra, stdout=logs[name], stderr=subprocess.STDOUT)
+
+        def up(sock, name):
+            if procs[name].poll() is not None:
+                raise Fail("tcpaod %s exited: %s" % (name, read_file(logs[name].name)))
+            return os.path.exists(sock)
+        wait_for(lambda: up(sock_a, "a") and up(sock_b, "b"), "both control sockets")
+        for sock in (sock_a, sock_b):
+            st = os.stat(sock)
+            check(st.st_mode & 0o777 == 0o600 and st.st_uid == 0, "%s: mode %o uid %d, expected 0600 root" % (sock, st.st_mode & 0o777, st.st_uid))
+
+        def ctl(*args, rc=0):
+            r = sh([TCPAOD] + list(args), check_rc=False)
+            check(r.returncode == rc, "tcpaod %s: exit %d (expected %d): %s%s" % (" ".join(args), r.returncode, rc, r.stdout, r.stderr))
+            out = r.stdout + r.stderr
+            check(SECRET not in out and secret2 not in out, "a secret in the output of tcpaod %s" % " ".join(args))
+            return r
+
+        def js(*args):
+            v = json.loads(ctl(*args).stdout)
+            check(v["ok"] is True and v["version"] == 1, "%s: %s" % (args, v))
+            return v
+
+        # A connection A -> B:9339 (an echo server), driven line by line.
+        app = os.path.join(WORK, "session.py")
+        with open(app, "w") as f:
+            f.write(SESSION)
+        chat = os.path.join(WORK, "ctl-chat")
+        os.makedirs(chat, exist_ok=True)
+        b.popen(["socat", "TCP4-LISTEN:9339,reuseaddr", "EXEC:cat"], stderr=subprocess.DEVNULL)
+        wait_for(lambda: b.run(["ss", "-Hltn", "sport = :9339"]).stdout.strip(), "the echo server")
+        client = a.popen([sys.executable, app, "chat", "192.0.2.2", "9339", chat])
+        n = [0]
+
+        def exchange():
+            n[0] += 1
+            open(os.path.join(chat, "go-%d" % n[0]), "w").close()
+            check(wait_for(lambda: read_file(os.path.join(chat, "done-%d" % n[0])), "the echo") == "ok", "the session failed")
+        exchange()
+        port = int(wait_for(lambda: re.findall(r"192\.0\.2\.1:(\d+)\s+192\.0\.2\.2:9339", a.run(["ss", "-Htn", "state", "established"]).stdout), "A's socket")[0])
+
+        def flow(inst, remote_port):
+            v = js("flows", "--instance", inst, "--json")
+            m = [f for f in v["flows"] if f["remote_port"] == remote_port and f["phase"] == "established"]
+            return m[0] if len(m) == 1 else None
+        fa = wait_for(lambda: flow(ia, 9339), "A's flow in `tcpaod flows`")
+        fb = wait_for(lambda: flow(ib, port), "B's flow in `tcpaod flows`")
+        check((fa["local"], fa["local_port"], fa["remote"], fa["remote_port"]) == ("192.0.2.1", port, "192.0.2.2", 9339), "A's 4-tuple: %s" % fa)
+        check((fb["local"], fb["local_port"], fb["remote"], fb["remote_port"]) == ("192.0.2.2", 9339, "192.0.2.1", port), "B's 4-tuple: %s" % fb)
+        for f, who in ((fa, "A"), (fb, "B")):
+            check(f["peer"] == ("b" if who == "A" else "a") and f["key_id"] == 1 and f["rnext_key_id"] == 1 and f["last_recv_key_id"] == 1, "%s's KeyIDs: %s" % (who, f))
+            check(f["signed"] > 0 and f["verified"] > 0 and f["dropped"] == 0, "%s's counters: %s" % (who, f))
+            check(isinstance(f["local_isn"], int) and isinstance(f["remote_isn"], int) and f["send_sne"] == 0 and f["age"] >= 0, "%s: %s" % (who, f))
+        check(fa["local_isn"] == fb["remote_isn"] and fa["remote_isn"] == fb["local_isn"], "the ISNs do not match across the two sides: %s %s" % (fa, fb))
+        # Counters move with the traffic.
+        exchange()
+        wait_for(lambda: (flow(ia, 9339) or {}).get("signed", 0) > fa["signed"] and (flow(ia, 9339) or {}).get("verified", 0) > fa["verified"],
+                 "A's per-flow counters to move")
+        txt = ctl("flows", "--instance", ia).stdout
+        check(re.search(r"b\s+192\.0\.2\.1:%d\s+192\.0\.2\.2:9339\s+established\s" % port, txt) and "KEYID" in txt and "isn" not in txt.lower(),
+              "flows (text):\n%s" % txt)
+        check("1 connection(s) of peer b" in ctl("flows", "--instance", ia, "--peer", "b").stdout, "flows --peer b")
+        r = ctl("flows", "--instance", ia, "--peer", "nobody", rc=2)
+        check("no peer `nobody`" in r.stderr, "flows --peer nobody: %s" % r.stderr)
+        log("    flows: A %s:%d -> %s:%d KeyID %d RNextKeyID %d signed %d verified %d; B sees the mirror (same ISNs)"
+            % (fa["local"], fa["local_port"], fa["remote"], fa["remote_port"], fa["key_id"], fa["rnext_key_id"], fa["signed"], fa["verified"]))
+        log("    " + txt.splitlines()[1])
+
+        # status
+        sa, sb = js("status", "--instance", ia, "--json"), js("status", "--socket", sock_b, "--json")
+        check(sa["instance"] == ia and sb["instance"] == ib and sa["mode"] == "host" and sa["pid"] == procs["a"].pid, "status: %s" % sa)
+        check(sa["config"]["file"] == ca and sa["config"]["reloads"] == 0 and sa["flows"] >= 1, "status config/flows: %s" % sa)
+        check(sa["control_socket"] == sock_a and sa["stats_file"] == ca.replace(".yaml", ".stats.json"), "A's paths: %s" % sa)
+        check(sb["stats_file"] == dirs[1] + "/stats.json", "B's default stats file: %s" % sb["stats_file"])
+        wait_for(lambda: os.path.exists(dirs[1] + "/stats.json"), "B's stats file in its instance directory")
+        check(sa["flow_state"]["store"] in ("conntrack", "memory") and sa["flow_state"]["reason"], "flow state: %s" % sa["flow_state"])
+        check([q["queue"] for q in sa["queues"]] == [100, 101], "queues: %s" % sa["queues"])
+        for q in sa["queues"]:
+            check(q["kernel"] is not None and "queue_dropped" in q["kernel"] and "user_dropped" in q["kernel"], "kernel counters: %s" % q)
+        check(sum(q["packets"] for q in sa["queues"]) > 0, "no packets counted: %s" % sa["queues"])
+        txt = ctl("status", "--instance", ia).stdout
+        check(("instance %s" % ia) in txt and "queue 100:" in txt and "queue_dropped" in txt and "flow state:" in txt, "status (text):\n%s" % txt)
+        log("    status: " + txt.splitlines()[0])
+        # keys
+        ka = js("keys", "--instance", ia, "--json")
+        chain = ka["chains"][0]
+        k1, k2 = chain["keys"]
+        check(k1["key_id"] == 1 and k1["preferred"] and k1["send_valid"] and k1["accept_valid"] and k1["connections"] >= 1, "key 1: %s" % k1)
+        check(k1["pkt_signed"] > 0 and k1["pkt_good"] > 0 and k1["pkt_bad"] == 0, "key 1 counters: %s" % k1)
+        check(k2["key_id"] == 2 and not k2["preferred"] and not k2["send_valid"] and k2["accept_valid"] and k2["connections"] == 0, "key 2: %s" % k2)
+        p = ka["peers"][0]
+        check(p["name"] == "b" and p["preferred_key_id"] == 1 and p["pkt_good"] > 0 and p["pkt_bad"] == 0 and p["pkt_key_not_found"] == 0
+              and p["pkt_ao_required"] == 0 and p["pkt_dropped_icmp"] == 0, "peer counters: %s" % p)
+        txt = ctl("keys", "--instance", ia).stdout
+        check("PKT_GOOD" in txt and "not yet" in txt and "pkt_key_not_found" in txt, "keys (text):\n%s" % txt)
+        log("    keys: key 1 preferred, %d connection(s), pkt_good %d; key 2 send not yet valid" % (k1["connections"], k1["pkt_good"]))
+        st = json.loads(ctl("stats", "--instance", ia, "--json").stdout)
+        check(st["counters"]["total"]["signed"] > 0, "stats over the socket: %s" % st["counters"]["total"])
+
+        # The raw protocol, as a script speaks it.
+        c = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+        c.settimeout(10)
+        c.connect(sock_a)
+        f = c.makefile("rwb")
+        answers = {}
+        for name, req in (("junk", b"hello\n"), ("list", b"[1]\n"), ("noversion", b'{"command":"status"}\n'),
+                          ("v2", b'{"version":2,"command":"status"}\n'), ("unknown", b'{"version":1,"command":"frob"}\n'),
+                          ("badarg", b'{"version":1,"command":"flows","colour":1}\n'), ("good", b'{"version":1,"command":"status","id":7}\n')):
+            f.write(req)
+            f.flush()
+            answers[name] = json.loads(f.readline())
+        expect = {"junk": "bad-json", "list": "bad-request", "noversion": "bad-request", "v2": "unsupported-version",
+                  "unknown": "unknown-command", "badarg": "bad-request"}
+        for name, code in expect.items():
+            v = answers[name]
+            check(v["ok"] is False and v["code"] == code and v["error"], "%s: %s" % (name, v))
+        check(answers["v2"]["versions"] == [1] and "version 1" in answers["v2"]["error"], "v2: %s" % answers["v2"])
+        check(answers["good"]["ok"] is True and answers["good"]["id"] == 7 and answers["good"]["instance"] == ia,
+              "status after bad requests: %s" % answers["good"])
+        # A client that asks and hangs up before reading the answer is no harm.
+        c2 = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+        c2.connect(sock_a)
+        c2.sendall(b'{"version":1,"command":"flows"}\n')
+        c2.close()
+        c.close()
+        check(js("status", "--instance", ia, "--json")["config"]["reloads"] == 0, "bad requests changed something")
+        log("    raw socket: %s" % "; ".join("%s -> %s" % (k, answers[k]["code"]) for k in expect))
+        # Another user: refused by the socket's mode.
+        r = sh(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", TCPAOD, "status", "--instance", ia], check_rc=False)
+        check(r.returncode == 2 and "permission denied" in r.stderr and "root" in r.stderr, "as nobody: %d %s" % (r.returncode, r.stderr))
+        log("    as nobody: %s" % r.stderr.strip())
+        # An unknown instance; then a stopped one.
+        r = ctl("status", "--instance", TAG + "-nope", rc=2)
+        check("no tcpaod instance" in r.stderr and ia in r.stderr and ib in r.stderr, "unknown instance: %s" % r.stderr)
+        log("    unknown instance: %s" % r.stderr.strip())
+        open(os.path.join(chat, "go-end"), "w").close()
+        client.wait(10)
+        procs["a"].send_signal(signal.SIGTERM)
+        check(procs["a"].wait(20) == 0, "A's exit status")
+        check(not os.path.exists(sock_a), "A's control socket is left after its stop")
+        r = ctl("status", "--instance", ia, rc=2)
+        check("is not running" in r.stderr and sock_a in r.stderr and "tcpaod run --config FILE --instance %s" % ia in r.stderr, "stopped: %s" % r.stderr)
+        log("    stopped: %s" % r.stderr.strip())
+        check(js("status", "--instance", ib, "--json")["instance"] == ib, "B answers after A stopped")
+        procs["b"].send_signal(signal.SIGTERM)
+        check(procs["b"].wait(20) == 0, "B's exit status")
+        check(not os.path.exists(sock_b), "B's control socket is left after its stop")
+    finally:
+        topo.close()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
 
 def main():
     if os.geteuid() != 0:
