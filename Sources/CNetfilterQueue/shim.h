@@ -23,4 +23,11 @@ extern int recvmmsg(int sockfd, void *msgvec, unsigned int vlen, int flags, stru
 static inline int tcpaod_recvmmsg(int fd, struct tcpaod_mmsghdr *vec, unsigned int vlen, int flags) {
     return recvmmsg(fd, vec, vlen, flags, 0);
 }
+
+// The calling thread's name (15 bytes at most), as `ps -L` and `top -H` show it: prctl(2) is
+// variadic, which Swift cannot call.
+#include <sys/prctl.h>
+static inline int tcpaod_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
+}
 #endif

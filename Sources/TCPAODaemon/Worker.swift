@@ -1,3 +1,4 @@
+import CNetfilterQueue
 import Dispatch
 import Foundation
 import Logging
@@ -118,6 +119,8 @@ final class Worker: @unchecked Sendable {
     let hostMode: Bool
     var log: Logger
     let mailbox = Mailbox()
+    /// Coarse monotonic second of the loop's last turn (the systemd watchdog reads it).
+    let heartbeat = Atomic<UInt32>(0)
     var stopRequested = false
     let finished = DispatchSemaphore(value: 0)
     /// Set by `stop()` once the loop has ended (then only the caller's thread touches state).
@@ -172,13 +175,17 @@ final class Worker: @unchecked Sendable {
     /// The worker loop: receive (sleeping up to 100 ms), decide, verdict; between batches the
     /// mailbox and, once a second, the flow table's housekeeping.
     func run() {
+        // `top -H`, `ps -L` and the watchdog test see which thread serves which queue.
+        _ = tcpaod_set_thread_name("tcpaod-q\(socket.queue)")
         var lastHousekeeping = Worker.clock().mono
+        heartbeat.store(lastHousekeeping, ordering: .relaxed)
         while !stopRequested {
             drain(maxBatches: 64, blocking: !mailbox.hasPending)
             mailbox.runPending()
             let now = Worker.clock().mono
             if now != lastHousekeeping {
                 lastHousekeeping = now
+                heartbeat.store(now, ordering: .relaxed)
                 housekeeping()
             }
         }
