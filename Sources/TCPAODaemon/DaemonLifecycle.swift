@@ -37,6 +37,8 @@ public final class Daemon: @unchecked Sendable {
     var signals: [DispatchSourceSignal] = []
     var statsTimer: DispatchSourceTimer?
     var watchdog: SystemdWatchdog?
+    /// Drops per peer and reason, key events: logged from the counters once a second.
+    var events = OperatorEvents()
     let started = Date()
     var reloads = 0
     var lastStatsLog = Date()
@@ -250,6 +252,9 @@ public final class Daemon: @unchecked Sendable {
             let r = report()
             writeStats(r)
             logStats(force: false)
+            for e in events.observe(r.counters, peers: config.peers, now: r.time) {
+                log.log(level: e.level, "\(e.message)", metadata: e.metadata.mapValues { .string($0) })
+            }
             // systemctl status shows it (every 5 s: a datagram to systemd, nothing when not under it).
             if tick % 5 == 0 { SystemdNotify.send("STATUS=" + Daemon.statusLine(r, peers: config.peers.count)) }
             tick += 1

@@ -1,0 +1,111 @@
+import Logging
+import TCPAO
+
+/// One log line for an operator: a message and stable keys (peer, key, reason, count, ...).
+public struct OperatorEvent: Sendable, Equatable {
+    public var level: Logger.Level
+    public var message: String
+    public var metadata: [String: String]
+
+    public init(_ level: Logger.Level, _ message: String, _ metadata: [String: String]) {
+        self.level = level
+        self.message = message
+        self.metadata = metadata
+    }
+}
+
+/// What an operator wants in the log, derived once a second from the counters and the key
+/// chains, never on the packet path (the workers only count):
+/// - drops, per peer and reason, rate-limited: the first drop of a (peer, reason) is logged at
+///   once, later ones at most once per `dropInterval` seconds with the count since the last line;
+/// - key events: a key becomes (or stops being) the preferred one for new connections, a key's
+///   send or accept lifetime ends or begins, and a connection of the peer starts signing or
+///   verifying with a key (the peer moved to RNextKeyID N, or its own current key).
+/// Pure: the daemon feeds it counter snapshots and the time, and logs what it returns.
+public struct OperatorEvents: Sendable {
+    public var dropInterval: Int64 = 10
+    /// Per peer and reason: total already reported, when the last line was written.
+    private var drops: [String: (reported: UInt64, at: Int64)] = [:]
+    private var used: [String: (signed: UInt64, verified: UInt64)] = [:]
+    private var preferred: [String: UInt64?] = [:]
+    private var validity: [String: (send: Bool, accept: Bool)] = [:]
+    private var primed = false
+
+    public init() {}
+
+    /// Events since the last call. The first call only learns the state (nothing to compare).
+    public mutating func observe(_ c: CounterSnapshot, peers: [PeerPolicy], now: Int64) -> [OperatorEvent] {
+        var out: [OperatorEvent] = []
+        let first = !primed
+        primed = true
+        for p in peers {
+            let chain = p.keyChain
+            // Drops, per reason.
+            for (name, total) in (c.peers[p.name] ?? [:]) where name.hasPrefix("dropped-") {
+                let reason = String(name.dropFirst(8))
+                let id = p.name + "\u{0}" + reason
+                let prev = drops[id] ?? (reported: first ? total : 0, at: Int64.min / 2)
+                guard total > prev.reported else {
+                    if drops[id] == nil { drops[id] = prev }
+                    continue
+                }
+                if now - prev.at >= dropInterval {
+                    let n = total - prev.reported
+                    let since = prev.at == Int64.min / 2 ? "" : " in the last \(now - prev.at) s"
+                    out.append(OperatorEvent(.warning, "dropped \(n) segment(s) of peer \(p.name): \(reason)\(since) (\(total) in all)",
+                                             ["peer": p.name, "reason": reason, "count": "\(n)", "total": "\(total)"]))
+                    drops[id] = (reported: total, at: now)
+                } else if drops[id] == nil {
+                    drops[id] = prev
+                }
+            }
+            // The preferred key (new connections start with it; RNextKeyID advertises it).
+            let pref = chain.preferredSendKey(at: now).map { chain.keys[$0].chainKeyID }
+            if !first, let old = preferred[p.name], old != pref {
+                if let k = pref, let mkt = chain.keys.first(where: { $0.chainKeyID == k }) {
+                    out.append(OperatorEvent(.notice, "peer \(p.name): \(mkt) is now the preferred key: new connections start with it and every connection advertises it in RNextKeyID",
+                                             ["peer": p.name, "key": "\(k)", "event": "preferred"]))
+                } else {
+                    out.append(OperatorEvent(.error, "peer \(p.name): no key may send now: new connections cannot be protected and established ones stop sending",
+                                             ["peer": p.name, "event": "no-send-key"]))
+                }
+            }
+            preferred[p.name] = pref
+            // Lifetimes beginning and ending.
+            for k in chain.keys {
+                let id = p.name + "\u{0}\(k.chainKeyID)"
+                let v = (send: k.sendLifetime.contains(now), accept: k.acceptLifetime.contains(now))
+                if !first, let old = validity[id] {
+                    if old.send != v.send {
+                        out.append(OperatorEvent(.notice, "peer \(p.name): \(k) \(v.send ? "may now send (send-lifetime began)" : "no longer sends (send-lifetime ended)")",
+                                                 ["peer": p.name, "key": "\(k.chainKeyID)", "event": v.send ? "send-start" : "send-end"]))
+                    }
+                    if old.accept != v.accept {
+                        out.append(OperatorEvent(v.accept ? .notice : .warning, "peer \(p.name): \(k) \(v.accept ? "is now accepted (accept-lifetime began)" : "is no longer accepted (accept-lifetime ended): segments with RecvID \(k.recvID) are dropped")",
+                                                 ["peer": p.name, "key": "\(k.chainKeyID)", "event": v.accept ? "accept-start" : "accept-end"]))
+                    }
+                }
+                validity[id] = v
+            }
+            // A key's first segment signed, and first verified: a connection moved to it (on
+            // the peer's RNextKeyID, RFC 5925 7.5) or started with it.
+            for (key, d) in (c.keys[p.name] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                let id = p.name + "\u{0}" + key
+                let now = (signed: d["signed"] ?? 0, verified: d["verified"] ?? 0)
+                if !first {
+                    let before = used[id] ?? (signed: 0, verified: 0)
+                    if before.signed == 0 && now.signed > 0 {
+                        out.append(OperatorEvent(.info, "peer \(p.name): first segment signed with key \(key)",
+                                                 ["peer": p.name, "key": key, "event": "signing"]))
+                    }
+                    if before.verified == 0 && now.verified > 0 {
+                        out.append(OperatorEvent(.info, "peer \(p.name): first segment from the peer verified with key \(key)",
+                                                 ["peer": p.name, "key": key, "event": "peer-signing"]))
+                    }
+                }
+                used[id] = now
+            }
+        }
+        return out
+    }
+}

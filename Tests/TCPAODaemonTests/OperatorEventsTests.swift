@@ -1,0 +1,100 @@
+import Testing
+import TCPAO
+@testable import TCPAODaemon
+
+/// What the daemon logs for operators, from the counters and the key chains: drops per peer and
+/// reason (rate-limited, with counts), key events. Nothing on the packet path.
+@Suite struct OperatorEventsTests {
+    static func mkt(_ id: UInt64, send: Lifetime = .always, accept: Lifetime = .always) -> MKT {
+        MKT(chainKeyID: id, sendID: UInt8(id), recvID: UInt8(id), algorithm: .hmacSHA1_96, sendLifetime: send, acceptLifetime: accept,
+            secret: Secret(Array("operator events test secret".utf8)))
+    }
+
+    static func peer(_ keys: [MKT]) -> PeerPolicy {
+        PeerPolicy(name: "nms", prefix: IPPrefix("192.0.2.0/24")!, ports: [830], keyChain: KeyChain(name: "c", keys: keys))
+    }
+
+    static func counters(_ drops: [String: UInt64] = [:], keys: [String: [String: UInt64]] = [:]) -> CounterSnapshot {
+        CounterSnapshot(total: [:], peers: ["nms": drops.mapKeys { "dropped-" + $0 }], keys: ["nms": keys])
+    }
+
+    @Test func theFirstDropIsLoggedAtOnceThenAtMostEveryTenSecondsWithTheCount() {
+        var ev = OperatorEvents()
+        let p = [Self.peer([Self.mkt(1)])]
+        #expect(ev.observe(Self.counters(), peers: p, now: 100).isEmpty)
+        let first = ev.observe(Self.counters(["bad-mac": 1]), peers: p, now: 101)
+        #expect(first.count == 1)
+        #expect(first[0].level == .warning && first[0].metadata == ["peer": "nms", "reason": "bad-mac", "count": "1", "total": "1"])
+        #expect(first[0].message == "dropped 1 segment(s) of peer nms: bad-mac (1 in all)")
+        // More within 10 s: held back, nothing lost.
+        #expect(ev.observe(Self.counters(["bad-mac": 5]), peers: p, now: 105).isEmpty)
+        #expect(ev.observe(Self.counters(["bad-mac": 9]), peers: p, now: 110).isEmpty)
+        let later = ev.observe(Self.counters(["bad-mac": 9]), peers: p, now: 111)
+        #expect(later.map(\.message) == ["dropped 8 segment(s) of peer nms: bad-mac in the last 10 s (9 in all)"])
+        // Another reason is independent.
+        let other = ev.observe(Self.counters(["bad-mac": 9, "missing-ao": 2]), peers: p, now: 112)
+        #expect(other.map { $0.metadata["reason"] } == ["missing-ao"])
+        #expect(ev.observe(Self.counters(["bad-mac": 9, "missing-ao": 2]), peers: p, now: 200).isEmpty)
+    }
+
+    /// Drops counted before the daemon's first look (a restart) are not reported as new.
+    @Test func theFirstObservationOnlyLearns() {
+        var ev = OperatorEvents()
+        let p = [Self.peer([Self.mkt(1)])]
+        #expect(ev.observe(Self.counters(["bad-mac": 7], keys: ["1": ["signed": 3, "verified": 3]]), peers: p, now: 100).isEmpty)
+        #expect(ev.observe(Self.counters(["bad-mac": 7], keys: ["1": ["signed": 4, "verified": 4]]), peers: p, now: 120).isEmpty)
+    }
+
+    @Test func aKeyBecomingPreferredAndLifetimesEndingAreLogged() {
+        var ev = OperatorEvents()
+        let k1 = Self.mkt(1, send: Lifetime(start: 0, end: 1000), accept: Lifetime(start: 0, end: 1100))
+        let k2 = Self.mkt(2, send: Lifetime(start: 1000), accept: Lifetime(start: 900))
+        let p = [Self.peer([k1, k2])]
+        #expect(ev.observe(Self.counters(), peers: p, now: 850).isEmpty)
+        #expect(ev.observe(Self.counters(), peers: p, now: 950).map { $0.metadata["event"] } == ["accept-start"])
+        let handOver = ev.observe(Self.counters(), peers: p, now: 1000)
+        #expect(Set(handOver.compactMap { $0.metadata["event"] }) == ["preferred", "send-end", "send-start"])
+        #expect(handOver.first { $0.metadata["event"] == "preferred" }?.metadata["key"] == "2")
+        let end = ev.observe(Self.counters(), peers: p, now: 1100)
+        #expect(end.map { $0.metadata["event"] } == ["accept-end"] && end[0].level == .warning)
+    }
+
+    @Test func noKeyLeftToSendIsAnError() {
+        var ev = OperatorEvents()
+        let p = [Self.peer([Self.mkt(1, send: Lifetime(start: 0, end: 1000))])]
+        _ = ev.observe(Self.counters(), peers: p, now: 999)
+        let e = ev.observe(Self.counters(), peers: p, now: 1000)
+        #expect(e.contains { $0.level == .error && $0.metadata["event"] == "no-send-key" })
+    }
+
+    @Test func theFirstSegmentsOnANewKeyAreLoggedOnce() {
+        var ev = OperatorEvents()
+        let p = [Self.peer([Self.mkt(1), Self.mkt(2)])]
+        _ = ev.observe(Self.counters(keys: ["1": ["signed": 10, "verified": 10], "2": [:]]), peers: p, now: 100)
+        let moved = ev.observe(Self.counters(keys: ["1": ["signed": 10, "verified": 12], "2": ["signed": 1, "verified": 0]]), peers: p, now: 101)
+        #expect(moved.map { $0.metadata["event"] } == ["signing"] && moved[0].metadata["key"] == "2")
+        let peerToo = ev.observe(Self.counters(keys: ["1": ["signed": 10, "verified": 12], "2": ["signed": 5, "verified": 3]]), peers: p, now: 102)
+        #expect(peerToo.map { $0.metadata["event"] } == ["peer-signing"])
+        #expect(ev.observe(Self.counters(keys: ["1": ["signed": 10, "verified": 12], "2": ["signed": 9, "verified": 9]]), peers: p, now: 103).isEmpty)
+    }
+
+    @Test func noEventCarriesASecret() {
+        var ev = OperatorEvents()
+        let k1 = Self.mkt(1, send: Lifetime(start: 0, end: 1000))
+        let k2 = Self.mkt(2, send: Lifetime(start: 1000))
+        let p = [Self.peer([k1, k2])]
+        _ = ev.observe(Self.counters(), peers: p, now: 999)
+        let all = ev.observe(Self.counters(["bad-mac": 1], keys: ["2": ["signed": 1, "verified": 1]]), peers: p, now: 1000)
+        #expect(!all.isEmpty)
+        for e in all {
+            #expect(!e.message.contains("operator events test secret"))
+            #expect(!e.metadata.values.contains { $0.contains("operator events test secret") })
+        }
+    }
+}
+
+extension Dictionary {
+    fileprivate func mapKeys<K: Hashable>(_ f: (Key) -> K) -> [K: Value] {
+        Dictionary<K, Value>(uniqueKeysWithValues: map { (f($0.key), $0.value) })
+    }
+}
