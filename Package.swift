@@ -5,7 +5,7 @@ import PackageDescription
 //   TCPAO        packet views, option editing, checksums, KDF/MAC, SNE, key chains, flow state machine
 //   TCPAOConfig  the YAML configuration (parsing, validation with file:line locations)
 //   TCPAOPcap    pcap/pcapng reading and the verify-pcap engine
-//   TCPAODaemon  NFQUEUE workers, iptables rules, signals, logging
+//   TCPAODaemon  NFQUEUE workers, iptables rules, signals, logging, the control socket, metrics
 //   tcpaod       the command line
 let package = Package(
     name: "tcpaod",
@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(name: "CLibCrypto", pkgConfig: "libcrypto",
@@ -34,6 +35,7 @@ let package = Package(
         .target(name: "TCPAODaemon", dependencies: [
             "TCPAO", "TCPAOConfig", "CNetfilterQueue",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "tcpaod", dependencies: [
             "TCPAO", "TCPAOConfig", "TCPAOPcap", "TCPAODaemon",

@@ -79,6 +79,8 @@ public struct Configuration: Sendable {
     public var protectLoopback = false
     public var keyChains: [KeyChain] = []
     public var peers: [PeerPolicy] = []
+    /// `metrics`: where tcpaod serves Prometheus metrics (nil: nowhere). Changes on restart only.
+    public var metrics: MetricsSettings? = nil
 
     public init(file: String) { self.file = file }
 
@@ -134,5 +136,75 @@ public struct RuntimePaths: Sendable, Equatable {
             return "`\(name)` is not an instance name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit"
         }
         return nil
+    }
+}
+
+/// `metrics: { listen: ADDRESS:PORT }`: an HTTP listener answering `GET /metrics` with the
+/// Prometheus text format.
+public struct MetricsSettings: Sendable, Equatable {
+    public var listen: ListenAddress
+
+    public init(listen: ListenAddress) { self.listen = listen }
+}
+
+/// An IP address and a TCP port to listen on: `127.0.0.1:9477`, `[::1]:9477`, `0.0.0.0:9477`,
+/// `[::]:9477`. Addresses only: a host name is not resolved.
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public var address: IPAddress
+    public var port: UInt16
+
+    public init(address: IPAddress, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    public var description: String { address.isV6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+
+    /// Why a text is not a listen address, and what to write instead.
+    public struct Problem: Error, Equatable, CustomStringConvertible {
+        public var message: String
+        public var fix: String
+        public var description: String { "\(message) (fix: \(fix))" }
+    }
+
+    static let example = "write it like 127.0.0.1:9477, or \"[::1]:9477\" (quoted: YAML) for IPv6"
+
+    /// Parses `ADDRESS:PORT` (an IPv6 address in brackets); port 1 to 65535.
+    public static func parse(_ text: String) -> Result<ListenAddress, Problem> {
+        let host: Substring, portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else {
+                return .failure(Problem(message: "`\(text)` has no closing `]`", fix: example))
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.first == ":" else {
+                return .failure(Problem(message: "`\(text)` has no port after the address", fix: example))
+            }
+            portText = rest.dropFirst()
+            guard let a = IPAddress(host), a.isV6 else {
+                return .failure(Problem(message: "`\(host)` is not an IPv6 address", fix: example))
+            }
+            return port(portText, text).map { ListenAddress(address: a, port: $0) }
+        }
+        guard let colon = text.lastIndex(of: ":") else {
+            return .failure(Problem(message: "`\(text)` has no port", fix: example))
+        }
+        host = text[..<colon]
+        portText = text[text.index(after: colon)...]
+        if host.contains(":") {
+            return .failure(Problem(message: "`\(text)`: an IPv6 address needs brackets around it", fix: "write it like \"[::1]:9477\" (quoted: YAML)"))
+        }
+        guard let a = IPAddress(host), !a.isV6 else {
+            return .failure(Problem(message: "`\(host)` is not an IP address (host names are not resolved)", fix: example))
+        }
+        return port(portText, text).map { ListenAddress(address: a, port: $0) }
+    }
+
+    private static func port(_ s: Substring, _ text: String) -> Result<UInt16, Problem> {
+        guard let v = Int(s), (1...65535).contains(v) else {
+            return .failure(Problem(message: "`\(s)` in `\(text)` is not a port: use a number from 1 to 65535", fix: example))
+        }
+        return .success(UInt16(v))
     }
 }

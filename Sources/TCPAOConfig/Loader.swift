@@ -165,7 +165,7 @@ public struct ConfigLoader {
 
     static let topKeys = ["mode", "queue", "threads", "queue-bypass", "on-exit", "flow-state", "conntrack-label-offset", "passthrough", "max-flows", "idle-timeout",
                           "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "firewall", "protected-prefixes",
-                          "protect-loopback", "instance", "key-chains", "peers"]
+                          "protect-loopback", "instance", "metrics", "key-chains", "peers"]
 
     mutating func parse(_ text: String, previous: Configuration?) -> Configuration {
         var cfg = Configuration(file: file)
@@ -232,6 +232,7 @@ public struct ConfigLoader {
             }
         }
         if let n = f["firewall"]?.value, let v = choice(n, "firewall", FirewallBackend.self) { cfg.firewall = v }
+        if let n = f["metrics"]?.value { cfg.metrics = metrics(n) }
         if let n = f["protect-loopback"]?.value, let v = bool(n, "protect-loopback") {
             cfg.protectLoopback = v
             if v && cfg.mode == .gateway {
@@ -263,6 +264,24 @@ public struct ConfigLoader {
             for c in cfg.keyChains { checkCoverage(c, node: chainNodes[c.name]) }
         }
         return cfg
+    }
+
+    /// `metrics: { listen: ADDRESS:PORT }`.
+    mutating func metrics(_ n: Node) -> MetricsSettings? {
+        guard let f = fields(n, "metrics", allowed: ["listen"], required: ["listen"]), let ln = f["listen"]?.value else { return nil }
+        if case .sequence = ln {
+            // `listen: [::1]:9477` unquoted: YAML reads the brackets as a list.
+            report(.error, ln, "metrics.listen", "expected ADDRESS:PORT, found a list (YAML reads unquoted brackets as one)",
+                   fix: "quote it: listen: \"[::1]:9477\"")
+            return nil
+        }
+        guard let s = string(ln, "metrics.listen") else { return nil }
+        switch ListenAddress.parse(s) {
+        case .success(let a): return MetricsSettings(listen: a)
+        case .failure(let p):
+            report(.error, ln, "metrics.listen", p.message, fix: p.fix)
+            return nil
+        }
     }
 
     // MARK: helpers

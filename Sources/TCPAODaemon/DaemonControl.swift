@@ -18,6 +18,10 @@ public struct DaemonView: Sendable {
     public var loadedAt: Int64
     public var flowState: String
     public var controlSocket: String?
+    /// The metrics endpoint's URL when it listens.
+    public var metrics: String?
+    /// False after a reload that failed, until one succeeds.
+    public var lastReloadSucceeded: Bool
 }
 
 extension Daemon {
@@ -26,7 +30,7 @@ extension Daemon {
 
     func publish(loadedAt: Int64) {
         let v = DaemonView(config: config, reloads: reloads, loadedAt: loadedAt, flowState: flowStateNote,
-                           controlSocket: controlServer?.path)
+                           controlSocket: controlServer?.path, metrics: metricsServer.map(Daemon.metricsURL), lastReloadSucceeded: true)
         published.withLock { $0 = v }
     }
 
@@ -47,6 +51,38 @@ extension Daemon {
         } catch {
             log.error("no control socket: \(error); tcpaod runs without it (status, flows and keys cannot reach it)")
         }
+    }
+
+    /// Starts the metrics endpoint (`metrics: { listen: ... }`) once the queues are bound. An
+    /// address that cannot be bound is logged; tcpaod protects the traffic without it.
+    func startMetrics() {
+        guard let m = config.metrics else { return }
+        latestReport.withLock { $0 = report() }
+        let server = MetricsServer(address: m.listen, log: log) { [unowned self] in metricsText() }
+        do {
+            try server.start()
+            metricsServer = server
+            log.info("metrics: \(Daemon.metricsURL(server)) (Prometheus text format)")
+        } catch {
+            log.error("no metrics endpoint: \(error); tcpaod runs without it")
+        }
+    }
+
+    static func metricsURL(_ s: MetricsServer) -> String {
+        let a = s.address.address
+        return "http://\(a.isV6 ? "[\(a)]" : "\(a)"):\(s.port)\(MetricsHTTP.path)"
+    }
+
+    /// One scrape: the last report with the published view, and /proc/self.
+    func metricsText() -> [UInt8] {
+        let v = published.withLock { $0 }
+        let r = latestReport.withLock { $0 } ?? StatsReport(
+            pid: getpid(), time: Int64(Date().timeIntervalSince1970), uptime: 0, mode: v.config.mode.rawValue, config: configPath,
+            reloads: v.reloads, counters: CounterSnapshot(), queues: [], kernelQueues: [], synchronizedFlows: 0)
+        let info = MetricsInfo(version: tcpaodVersion, instance: RuntimePaths(instance: v.config.instance).displayName,
+                               mode: v.config.mode.rawValue, reloads: v.reloads, loadedAt: v.loadedAt,
+                               lastReloadSucceeded: v.lastReloadSucceeded, maxFlows: v.config.limits.maxFlows, peers: v.config.peers.count)
+        return MetricsExposition.render(r, info, process: ProcessStats.read())
     }
 
     func registerCommands() {
@@ -124,7 +160,7 @@ extension Daemon {
             configFile: configPath.hasPrefix("/") ? configPath : FileManager.default.currentDirectoryPath + "/" + configPath, loadedAt: v.loadedAt, reloads: v.reloads,
             flowStore: v.config.flowState.rawValue, flowStoreReason: v.flowState,
             maxFlows: v.config.limits.maxFlows, synchronizedFlows: synchronized.count, peers: v.config.peers.count,
-            controlSocket: v.controlSocket, statsFile: v.config.statsFile, rules: manageRules ? v.config.firewall.rawValue : nil,
+            controlSocket: v.controlSocket, metrics: v.metrics, statsFile: v.config.statsFile, rules: manageRules ? v.config.firewall.rawValue : nil,
             queues: snaps.map { s in (io: s.1, kernel: kernel.first { $0.queue == s.1.queue }) })
         ControlViews.writeStatus(s, into: &w)
     }
@@ -182,6 +218,8 @@ public struct StatusInfo: Sendable {
     public var synchronizedFlows: Int
     public var peers: Int
     public var controlSocket: String?
+    /// The metrics endpoint's URL (nil: none).
+    public var metrics: String? = nil
     public var statsFile: String
     /// The firewall back end when tcpaod manages the rules (nil: --no-rules).
     public var rules: String?
@@ -218,6 +256,7 @@ public enum ControlViews {
         w.field("peers", s.peers)
         w.field("rules", s.rules)
         w.field("control_socket", s.controlSocket)
+        w.field("metrics", s.metrics)
         w.field("stats_file", s.statsFile)
         w.key("queues")
         w.beginArray()

@@ -57,6 +57,11 @@ public final class Daemon: @unchecked Sendable {
     let published: Mutex<DaemonView>
     /// Where the flow state is kept, and why (`tcpaod status`).
     var flowStateNote = ""
+    /// The Prometheus endpoint (nil: no `metrics:`, or its address could not be bound).
+    var metricsServer: MetricsServer?
+    /// The last counter report (the stats timer's, every second): what a scrape shows, so a
+    /// scrape never waits for a worker.
+    let latestReport = Mutex<StatsReport?>(nil)
 
     public init(configPath: String, config: Configuration, manageRules: Bool, onExit: ExitPolicy? = nil,
                 instance: String? = nil, log: Logger) {
@@ -71,7 +76,8 @@ public final class Daemon: @unchecked Sendable {
         if !config.instance.isEmpty { self.log[metadataKey: "instance"] = "\(config.instance)" }
         firewall = Firewall(backend: config.firewall)
         budget = FlowBudget(limit: config.limits.maxFlows)
-        published = Mutex(DaemonView(config: config, reloads: 0, loadedAt: Int64(Date().timeIntervalSince1970), flowState: "", controlSocket: nil))
+        published = Mutex(DaemonView(config: config, reloads: 0, loadedAt: Int64(Date().timeIntervalSince1970), flowState: "", controlSocket: nil,
+                                     metrics: nil, lastReloadSucceeded: true))
     }
 
     /// Starts everything; returns once running (the caller then parks in dispatchMain()).
@@ -113,6 +119,7 @@ public final class Daemon: @unchecked Sendable {
         }
         workers.forEach { $0.start() }
         startControl()
+        startMetrics()
         publish(loadedAt: Int64(Date().timeIntervalSince1970))
         installSignalHandlers()
         startStats()
@@ -168,6 +175,7 @@ public final class Daemon: @unchecked Sendable {
         for d in diags { if d.severity == .error { log.error("\(d.description)") } else { log.warning("\(d.description)") } }
         guard var c = newConfig else {
             log.error("reload of \(configPath) failed (\(diags.errors.count) error(s)); still running with the previous configuration")
+            published.withLock { $0.lastReloadSucceeded = false }
             SystemdNotify.send("STATUS=reload failed; running the previous configuration")
             return
         }
@@ -178,6 +186,7 @@ public final class Daemon: @unchecked Sendable {
         if c.queue != config.queue || c.threads != config.threads { restartOnly.append("queue/threads"); c.queue = config.queue; c.threads = config.threads }
         if c.firewall != config.firewall { restartOnly.append("firewall"); c.firewall = config.firewall }
         if c.limits.maxFlows != config.limits.maxFlows { restartOnly.append("max-flows"); c.limits.maxFlows = config.limits.maxFlows }
+        if c.metrics != config.metrics { restartOnly.append("metrics"); c.metrics = config.metrics }
         if c.flowState != config.flowState || c.conntrackLabelOffset != config.conntrackLabelOffset {
             // Also keeps a start-up fallback to memory (conntrack unusable) across reloads.
             if c.conntrackLabelOffset != config.conntrackLabelOffset || (c.flowState == .memory) { restartOnly.append("flow-state") }
@@ -192,6 +201,7 @@ public final class Daemon: @unchecked Sendable {
                 log.error("reload: replacing the rules failed (\(error)); still running with the previous configuration")
                 let back = config.engineConfig()
                 workers.forEach { $0.reconfigure(back) }
+                published.withLock { $0.lastReloadSucceeded = false }
                 return
             }
         }
@@ -226,6 +236,7 @@ public final class Daemon: @unchecked Sendable {
         statsTimer?.cancel()
         watchdog?.stop() // systemd disarms it for a stop too; the workers are about to end their loops
         controlServer?.stop()
+        metricsServer?.stop()
         // Rules first, so that nothing new is queued; then the last verdicts.
         if rulesInstalled && !keep {
             firewall.remove()
@@ -250,6 +261,7 @@ public final class Daemon: @unchecked Sendable {
         var tick = 0
         t.setEventHandler { [unowned self] in
             let r = report()
+            latestReport.withLock { $0 = r }
             writeStats(r)
             logStats(force: false)
             for e in events.observe(r.counters, peers: config.peers, now: r.time) {

@@ -73,7 +73,7 @@ struct Status: ParsableCommand {
         print("flow state: \(fs?["store"]?.string ?? "?"): \(fs?["reason"]?.string ?? "")")
         print("flows: \(int(v["flows"])) (\(int(v["synchronized_flows"])) synchronized), max-flows \(int(v["max_flows"])), \(int(v["peers"])) peer(s)")
         print("rules: \(v["rules"]?.string.map { "installed (\($0))" } ?? "not managed (--no-rules)")")
-        print("control socket: \(v["control_socket"]?.string ?? "-"), stats file: \(v["stats_file"]?.string ?? "-")")
+        print("control socket: \(v["control_socket"]?.string ?? "-"), stats file: \(v["stats_file"]?.string ?? "-"), metrics: \(v["metrics"]?.string ?? "-")")
         for q in v["queues"]?.array ?? [] {
             var line = "queue \(int(q["queue"])): packets \(int(q["packets"])) accepted \(int(q["accepted"])) modified \(int(q["modified"])) dropped \(int(q["dropped"])) flows \(int(q["flows"])) batches \(int(q["batches"])) enobufs \(int(q["enobufs"]))"
             for k in ["truncated", "malformed_messages", "receive_errors", "send_errors", "netlink_errors"] where int(q[k]) > 0 {

@@ -66,6 +66,9 @@ struct Check: ParsableCommand {
                 print("    so \(ConntrackRequirements.fallback) (set flow-state: memory to say so and silence this)")
             }
         }
+        if let m = cfg.metrics {
+            print("  metrics: http://\(m.listen)/metrics (Prometheus text format; plain HTTP, no authentication)")
+        }
     }
 
     /// Hand-overs printed at most; the rest are counted.
