@@ -69,12 +69,15 @@ def swift_runtime_dir():
 class Container:
     """A booted systemd-nspawn container in network namespace `ns`."""
 
-    def __init__(self, ns, name):
+    def __init__(self, ns, name, binds=None):
+        """binds: systemd-nspawn --bind options; by default the built binary at
+        /usr/local/bin/tcpaod and the Swift runtime it links (Tests/e2e/package.py: none)."""
         self.name = name
-        binds = ["--bind-ro=%s:/usr/local/bin/tcpaod" % os.path.realpath(TCPAOD)]
-        rt = swift_runtime_dir()
-        if rt:
-            binds.append("--bind-ro=%s" % rt)
+        if binds is None:
+            binds = ["--bind-ro=%s:/usr/local/bin/tcpaod" % os.path.realpath(TCPAOD)]
+            rt = swift_runtime_dir()
+            if rt:
+                binds.append("--bind-ro=%s" % rt)
         self.logpath = os.path.join(e2e.WORK, name + ".console.log")
         self.logf = open(self.logpath, "w")
         self.p = subprocess.Popen(
