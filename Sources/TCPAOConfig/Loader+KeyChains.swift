@@ -36,34 +36,46 @@ extension ConfigLoader {
         for (i, item) in items.enumerated() {
             let kp = "\(path).keys[\(i)]"
             guard let k = key(item, kp) else { failed = true; continue }
-            if let j = keys.firstIndex(where: { $0.chainKeyID == k.chainKeyID }) {
-                report(.error, item, "\(kp).key-id", "key-id \(k.chainKeyID) is used twice in chain `\(name)` (also keys[\(j)])",
-                       fix: "give each key of a chain its own key-id"); failed = true
-            }
-            for (j, o) in keys.enumerated() {
-                // RFC 5925 3.1: "The IDs of MKTs MUST NOT overlap where their TCP connection
-                // identifiers overlap" -- here: while both may be used.
-                if o.sendID == k.sendID && overlap(o.sendLifetime, k.sendLifetime) {
-                    report(.error, item, "\(kp).send-id", "SendID \(k.sendID) is also used by keys[\(j)] (key-id \(o.chainKeyID)) while both may send",
-                           fix: "give the keys different send-ids, or send lifetimes that do not overlap"); failed = true
-                }
-                if o.recvID == k.recvID && overlap(o.acceptLifetime, k.acceptLifetime) {
-                    report(.error, item, "\(kp).recv-id", "RecvID \(k.recvID) is also used by keys[\(j)] (key-id \(o.chainKeyID)) while both may be accepted",
-                           fix: "give the keys different recv-ids, or accept lifetimes that do not overlap"); failed = true
-                }
-            }
+            if !checkKey(k, node: item, path: kp, against: keys, chain: name) { failed = true }
             keys.append(k)
         }
-        let lengths = Set(keys.map(\.algorithm.alignedOptionLength)).sorted()
-        if purpose == .daemon, !failed, lengths.count > 1 {
-            // RFC 5925 7.6: a connection's MSS is lowered at its handshake for the longest key of
-            // the chain then; a longer key added by a later reload does not fit its full-size
-            // segments, so such a connection stays on a key that fits.
-            report(.warning, keysNode, "\(path).keys",
-                   "the keys need TCP-AO options of \(lengths.map { "\($0)" }.joined(separator: " and ")) bytes: a connection reserves room for the longest key of the chain when it opens, so connections opened before a longer key was added keep sending with a shorter one while one may send",
-                   fix: "add a key with a longer MAC before the connections that should use it open (or let them reconnect)")
-        }
+        if !failed { warnMixedOptionLengths(keys, node: keysNode, path: "\(path).keys") }
         return failed ? nil : KeyChain(name: name, keys: keys)
+    }
+
+    /// The checks of one key against the keys listed before it in its chain (the file's order):
+    /// key-id unique, SendID and RecvID not shared while both keys may be used. False: an error
+    /// was reported. Runtime key changes (`KeyOperation`) run the same checks.
+    mutating func checkKey(_ k: MKT, node: Node?, path kp: String, against keys: [MKT], chain name: String) -> Bool {
+        var ok = true
+        if let j = keys.firstIndex(where: { $0.chainKeyID == k.chainKeyID }) {
+            report(.error, node, "\(kp).key-id", "key-id \(k.chainKeyID) is used twice in chain `\(name)` (also keys[\(j)])",
+                   fix: "give each key of a chain its own key-id"); ok = false
+        }
+        for (j, o) in keys.enumerated() {
+            // RFC 5925 3.1: "The IDs of MKTs MUST NOT overlap where their TCP connection
+            // identifiers overlap" -- here: while both may be used.
+            if o.sendID == k.sendID && overlap(o.sendLifetime, k.sendLifetime) {
+                report(.error, node, "\(kp).send-id", "SendID \(k.sendID) is also used by keys[\(j)] (key-id \(o.chainKeyID)) while both may send",
+                       fix: "give the keys different send-ids, or send lifetimes that do not overlap"); ok = false
+            }
+            if o.recvID == k.recvID && overlap(o.acceptLifetime, k.acceptLifetime) {
+                report(.error, node, "\(kp).recv-id", "RecvID \(k.recvID) is also used by keys[\(j)] (key-id \(o.chainKeyID)) while both may be accepted",
+                       fix: "give the keys different recv-ids, or accept lifetimes that do not overlap"); ok = false
+            }
+        }
+        return ok
+    }
+
+    /// RFC 5925 7.6: a connection's MSS is lowered at its handshake for the longest key of the
+    /// chain then; a longer key added later does not fit its full-size segments, so such a
+    /// connection stays on a key that fits.
+    mutating func warnMixedOptionLengths(_ keys: [MKT], node: Node?, path: String) {
+        let lengths = Set(keys.map(\.algorithm.alignedOptionLength)).sorted()
+        guard purpose == .daemon, lengths.count > 1 else { return }
+        report(.warning, node, path,
+               "the keys need TCP-AO options of \(lengths.map { "\($0)" }.joined(separator: " and ")) bytes: a connection reserves room for the longest key of the chain when it opens, so connections opened before a longer key was added keep sending with a shorter one while one may send",
+               fix: "add a key with a longer MAC before the connections that should use it open (or let them reconnect)")
     }
 
     mutating func key(_ node: Node, _ path: String) -> MKT? {

@@ -12,6 +12,29 @@ extension ConfigLoader {
     /// Linux's TCP-AO (`TCP_AO_MAXKEYLEN`) refuses longer keys.
     static let linuxMaxSecretLength = 80
 
+    /// The length rules of a master key: empty is an error (false), short or longer than
+    /// Linux accepts are warnings. Runtime key changes (`KeyOperation`) run the same checks.
+    mutating func checkSecretLength(_ count: Int, _ n: Node?, _ path: String) -> Bool {
+        let fixLength = "use at least 16 random bytes on both ends, e.g. `openssl rand -hex 16` as a hexadecimal-string"
+        if count == 0 {
+            // The one length refused: with no key anyone can compute the MAC.
+            report(.error, n, path, "the secret is empty: a TCP-AO master key needs at least 1 byte, or anyone can compute the MAC", fix: fixLength)
+            return false
+        }
+        if count < ConfigLoader.weakSecretLength {
+            report(.warning, n, path,
+                   "the secret is only \(count) byte\(count == 1 ? "" : "s"), far too short to resist guessing (RFC 5925 5.3 advises 12-24); accepted because the peer's key must match",
+                   fix: fixLength)
+        } else if count < ConfigLoader.advisedSecretLength {
+            report(.warning, n, path, "the secret is only \(count) bytes (RFC 5925 5.3 advises 12-24)", fix: "use at least 16 random bytes")
+        }
+        if count > ConfigLoader.linuxMaxSecretLength {
+            report(.warning, n, path, "the secret is \(count) bytes; Linux's TCP-AO accepts at most 80",
+                   fix: "use a shorter key if a Linux host is a peer")
+        }
+        return true
+    }
+
     /// key-string (text), hexadecimal-string, or key-file (a file holding the key as text, one
     /// trailing newline ignored; `hex:` at its start means hexadecimal). Never echoes the secret.
     ///
@@ -38,49 +61,53 @@ extension ConfigLoader {
             // Relative to the configuration file's directory (which is "" for `--config c.yaml`).
             let dir = (file as NSString).deletingLastPathComponent
             let full = p.hasPrefix("/") || dir.isEmpty ? p : dir + "/" + p
-            guard let mode = ConfigLoader.fileMode(full) else {
-                report(.error, n, path, "key file \(full) does not exist or cannot be examined", fix: "create it (mode 600) or correct the path")
+            switch KeyFile.read(full) {
+            case .failure(let p):
+                report(.error, n, path, p.message, fix: p.fix)
                 return nil
-            }
-            if mode & 0o004 != 0 {
-                report(.error, n, path, "key file \(full) is readable by every user", fix: "chmod 600 \(full)")
-                return nil
-            }
-            if mode & 0o040 != 0 {
-                report(.warning, n, path, "key file \(full) is readable by its group", fix: "chmod 600 \(full)")
-            }
-            guard let data = FileManager.default.contents(atPath: full) else {
-                report(.error, n, path, "key file \(full) cannot be read", fix: "check its owner and mode (tcpaod runs as root)")
-                return nil
-            }
-            bytes = [UInt8](data)
-            if bytes.last == 0x0A { bytes.removeLast(); if bytes.last == 0x0D { bytes.removeLast() } }
-            if bytes.starts(with: Array("hex:".utf8)) {
-                guard let b = [UInt8](hex: String(decoding: bytes.dropFirst(4), as: UTF8.self)) else {
-                    report(.error, n, path, "key file \(full) starts with hex: but is not hexadecimal", fix: "write pairs of 0-9a-f after hex:")
-                    return nil
-                }
-                bytes = b
+            case .success(let r):
+                if let w = r.warning { report(.warning, n, path, w.message, fix: w.fix) }
+                bytes = r.bytes
             }
         }
         defer { for i in bytes.indices { bytes[i] = 0 } }
-        let fixLength = "use at least 16 random bytes on both ends, e.g. `openssl rand -hex 16` as a hexadecimal-string"
-        if bytes.isEmpty {
-            // The one length refused: with no key anyone can compute the MAC.
-            report(.error, n, path, "the secret is empty: a TCP-AO master key needs at least 1 byte, or anyone can compute the MAC", fix: fixLength)
-            return nil
-        }
-        if bytes.count < ConfigLoader.weakSecretLength {
-            report(.warning, n, path,
-                   "the secret is only \(bytes.count) byte\(bytes.count == 1 ? "" : "s"), far too short to resist guessing (RFC 5925 5.3 advises 12-24); accepted because the peer's key must match",
-                   fix: fixLength)
-        } else if bytes.count < ConfigLoader.advisedSecretLength {
-            report(.warning, n, path, "the secret is only \(bytes.count) bytes (RFC 5925 5.3 advises 12-24)", fix: "use at least 16 random bytes")
-        }
-        if bytes.count > ConfigLoader.linuxMaxSecretLength {
-            report(.warning, n, path, "the secret is \(bytes.count) bytes; Linux's TCP-AO accepts at most 80",
-                   fix: "use a shorter key if a Linux host is a peer")
-        }
+        guard checkSecretLength(bytes.count, n, path) else { return nil }
         return Secret(bytes)
+    }
+}
+
+/// A key file (`key-file:`, `tcpaod key add --key-file`): the key as text, one trailing newline
+/// ignored, `hex:` at its start meaning hexadecimal. Refused when every user may read it; a
+/// warning when its group may.
+public enum KeyFile {
+    public struct Problem: Error, Sendable {
+        public var message: String
+        public var fix: String
+    }
+
+    /// The key's bytes (the caller wipes them) and a warning, or why the file cannot be used.
+    public static func read(_ full: String) -> Result<(bytes: [UInt8], warning: Problem?), Problem> {
+        guard let mode = ConfigLoader.fileMode(full) else {
+            return .failure(Problem(message: "key file \(full) does not exist or cannot be examined", fix: "create it (mode 600) or correct the path"))
+        }
+        if mode & 0o004 != 0 {
+            return .failure(Problem(message: "key file \(full) is readable by every user", fix: "chmod 600 \(full)"))
+        }
+        let warning = mode & 0o040 != 0 ? Problem(message: "key file \(full) is readable by its group", fix: "chmod 600 \(full)") : nil
+        guard var data = FileManager.default.contents(atPath: full) else {
+            return .failure(Problem(message: "key file \(full) cannot be read", fix: "check its owner and mode (tcpaod runs as root)"))
+        }
+        var bytes = [UInt8](data)
+        data.resetBytes(in: 0..<data.count)
+        if bytes.last == 0x0A { bytes.removeLast(); if bytes.last == 0x0D { bytes.removeLast() } }
+        if bytes.starts(with: Array("hex:".utf8)) {
+            let b = [UInt8](hex: String(decoding: bytes.dropFirst(4), as: UTF8.self))
+            for i in bytes.indices { bytes[i] = 0 }
+            guard let b else {
+                return .failure(Problem(message: "key file \(full) starts with hex: but is not hexadecimal", fix: "write pairs of 0-9a-f after hex:"))
+            }
+            bytes = b
+        }
+        return .success((bytes, warning))
     }
 }

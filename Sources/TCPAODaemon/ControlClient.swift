@@ -6,7 +6,7 @@ import Glibc
 
 /// Why a control request got no answer, said for the operator.
 public struct ControlClientError: Error, CustomStringConvertible {
-    public enum Kind: Sendable { case notRunning, permissionDenied, protocolMismatch, failed }
+    public enum Kind: Sendable { case notRunning, permissionDenied, protocolMismatch, failed, refused }
     public var kind: Kind
     public var description: String
 }
@@ -123,7 +123,7 @@ public struct ControlClient {
         if code == ControlError.Code.permissionDenied.rawValue {
             throw ControlClientError(kind: .permissionDenied, description: "\(msg) (\(path)); run the command as root")
         }
-        throw ControlClientError(kind: .failed, description: "\(who): \(msg) [\(code)]")
+        throw ControlClientError(kind: .refused, description: "\(who): \(msg) [\(code)]")
     }
 
     var ownerHint: String {

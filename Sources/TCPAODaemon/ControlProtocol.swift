@@ -29,6 +29,12 @@ public struct ControlError: Error, Sendable, Equatable, CustomStringConvertible 
         case unsupportedVersion = "unsupported-version"
         case unknownCommand = "unknown-command"
         case unknownPeer = "unknown-peer"
+        case unknownChain = "unknown-chain"
+        case unknownKey = "unknown-key"
+        /// A key change the configuration's rules refuse (`tcpaod check` would).
+        case invalidKey = "invalid-key"
+        /// A key removal while connections use the key.
+        case keyInUse = "key-in-use"
         case requestTooLong = "request-too-long"
         case permissionDenied = "permission-denied"
         case busy

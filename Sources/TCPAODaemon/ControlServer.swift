@@ -157,14 +157,23 @@ public final class ControlServer: @unchecked Sendable {
     func serve(_ fd: Int32) {
         var buf: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
+        // Requests may carry a secret (key-add's secret_hex): nothing of them is left behind.
+        defer {
+            for i in buf.indices { buf[i] = 0 }
+            for i in chunk.indices { chunk[i] = 0 }
+        }
         var requestStarted: UInt64? = nil
         var idleSince = DispatchTime.now().uptimeNanoseconds
         func ms(since t: UInt64) -> Int { Int((DispatchTime.now().uptimeNanoseconds &- t) / 1_000_000) }
         while true {
             if let nl = buf.firstIndex(of: 0x0A) {
-                var line = buf[..<nl]
-                if line.last == 0x0D { line = line.dropLast() }
-                let answer = dispatcher.respond(to: line)
+                let answer = {
+                    var line = buf[..<nl]
+                    if line.last == 0x0D { line = line.dropLast() }
+                    return dispatcher.respond(to: line)
+                }()
+                // A request may carry a secret (key-add's secret_hex): wipe it from the buffer.
+                for i in 0...nl { buf[i] = 0 }
                 buf.removeSubrange(...nl)
                 requestStarted = buf.isEmpty ? nil : DispatchTime.now().uptimeNanoseconds
                 idleSince = DispatchTime.now().uptimeNanoseconds

@@ -22,6 +22,8 @@ public struct DaemonView: Sendable {
     public var metrics: String?
     /// False after a reload that failed, until one succeeds.
     public var lastReloadSucceeded: Bool
+    /// Runtime key changes (key-add, key-remove, key-prefer) since the file was last loaded.
+    public var runtimeKeyChanges: [String] = []
 }
 
 extension Daemon {
@@ -30,7 +32,8 @@ extension Daemon {
 
     func publish(loadedAt: Int64) {
         let v = DaemonView(config: config, reloads: reloads, loadedAt: loadedAt, flowState: flowStateNote,
-                           controlSocket: controlServer?.path, metrics: metricsServer.map(Daemon.metricsURL), lastReloadSucceeded: true)
+                           controlSocket: controlServer?.path, metrics: metricsServer.map(Daemon.metricsURL), lastReloadSucceeded: true,
+                           runtimeKeyChanges: runtimeKeyChanges)
         published.withLock { $0 = v }
     }
 
@@ -95,6 +98,7 @@ extension Daemon {
         dispatcher.register(ControlCommand("keys", summary: "per key chain and key: validity now, preferred, connections using it, counters") { [unowned self] _, w in
             try writeKeys(&w)
         })
+        registerKeyCommands()
         dispatcher.register(ControlCommand("stats", summary: "the counters of `tcpaod stats` (the stats file's content)") { [unowned self] _, w in
             let r = try liveReport()
             let enc = JSONEncoder()
@@ -181,7 +185,7 @@ extension Daemon {
         for s in snaps { total.add(s.0) }
         let flows = try workerFlows(peer: nil)
         ControlViews.writeKeys(config: v.config, counters: total, usage: KeyUsage(flows),
-                               now: Int64(Date().timeIntervalSince1970), into: &w)
+                               now: Int64(Date().timeIntervalSince1970), runtimeChanges: v.runtimeKeyChanges, into: &w)
     }
 }
 
@@ -337,8 +341,15 @@ public enum ControlViews {
 
     /// `keys`: per chain, its keys (validity now, preferred, connections, per-key counters
     /// summed over the chain's peers); per peer, the chain's counters there. No key material.
-    public static func writeKeys(config: Configuration, counters: CounterSnapshot, usage: KeyUsage, now: Int64, into w: inout JSONWriter) {
+    public static func writeKeys(config: Configuration, counters: CounterSnapshot, usage: KeyUsage, now: Int64,
+                                 runtimeChanges: [String] = [], into w: inout JSONWriter) {
         w.field("time", now)
+        // The key changes made over the control socket since the file was loaded (a reload
+        // or restart discards them).
+        w.key("runtime_changes")
+        w.beginArray()
+        for c in runtimeChanges { w.string(c) }
+        w.endArray()
         w.key("chains")
         w.beginArray()
         for chain in config.keyChains {

@@ -62,6 +62,9 @@ public final class Daemon: @unchecked Sendable {
     /// The last counter report (the stats timer's, every second): what a scrape shows, so a
     /// scrape never waits for a worker.
     let latestReport = Mutex<StatsReport?>(nil)
+    /// Key changes made over the control socket since the file was loaded; a successful reload
+    /// replaces them with the file's keys (logged), a failed one keeps them.
+    var runtimeKeyChanges: [String] = []
 
     public init(configPath: String, config: Configuration, manageRules: Bool, onExit: ExitPolicy? = nil,
                 instance: String? = nil, log: Logger) {
@@ -212,6 +215,10 @@ public final class Daemon: @unchecked Sendable {
                   p.keyChain.longestOptionLength > before.keyChain.longestOptionLength else { continue }
             let longer = p.keyChain.keys.filter { $0.algorithm.alignedOptionLength > before.keyChain.longestOptionLength }
             log.warning("reload: peer \(p.name): \(longer.map { "\($0)" }.joined(separator: ", ")) needs a \(p.keyChain.longestOptionLength)-byte TCP-AO option; connections opened before this reload reserved \(before.keyChain.longestOptionLength) bytes, so they keep sending with a key that fits while one may send; new connections can use it")
+        }
+        if !runtimeKeyChanges.isEmpty {
+            log.notice("reload: the keys of \(configPath) replace \(runtimeKeyChanges.count) runtime key change(s): \(runtimeKeyChanges.joined(separator: "; "))")
+            runtimeKeyChanges = []
         }
         config = c
         reloads += 1

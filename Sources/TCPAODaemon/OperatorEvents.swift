@@ -33,7 +33,8 @@ public struct OperatorEvents: Sendable {
 
     public init() {}
 
-    /// Events since the last call. The first call only learns the state (nothing to compare).
+    /// Events since the last call. Counters are compared with 0 at the first call (a new
+    /// process's counters start there); key preference and lifetimes are only learnt then.
     public mutating func observe(_ c: CounterSnapshot, peers: [PeerPolicy], now: Int64) -> [OperatorEvent] {
         var out: [OperatorEvent] = []
         let first = !primed
@@ -44,7 +45,8 @@ public struct OperatorEvents: Sendable {
             for (name, total) in (c.peers[p.name] ?? [:]) where name.hasPrefix("dropped-") {
                 let reason = String(name.dropFirst(8))
                 let id = p.name + "\u{0}" + reason
-                let prev = drops[id] ?? (reported: first ? total : 0, at: Int64.min / 2)
+                // A new process's counters start at 0: drops seen at the first look are new too.
+                let prev = drops[id] ?? (reported: 0, at: Int64.min / 2)
                 guard total > prev.reported else {
                     if drops[id] == nil { drops[id] = prev }
                     continue
@@ -92,7 +94,7 @@ public struct OperatorEvents: Sendable {
             for (key, d) in (c.keys[p.name] ?? [:]).sorted(by: { $0.key < $1.key }) {
                 let id = p.name + "\u{0}" + key
                 let now = (signed: d["signed"] ?? 0, verified: d["verified"] ?? 0)
-                if !first {
+                do {
                     let before = used[id] ?? (signed: 0, verified: 0)
                     if before.signed == 0 && now.signed > 0 {
                         out.append(OperatorEvent(.info, "peer \(p.name): first segment signed with key \(key)",

@@ -158,6 +158,8 @@ final class Worker: @unchecked Sendable {
         io = .allocate(capacity: 1)
         io.initialize(to: IOStats(queue: Int(number)))
         self.hostMode = hostMode
+        // Alive from creation: the watchdog's first look may come before run() is scheduled.
+        heartbeat.store(Worker.clock().mono, ordering: .relaxed)
         self.log = log
         self.log[metadataKey: "queue"] = "\(number)"
     }

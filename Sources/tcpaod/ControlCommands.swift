@@ -25,10 +25,10 @@ struct ControlTarget {
     }
 
     /// The answer to `request`; on failure, prints why and exits (2; 1 when the daemon refused).
-    func ask(_ request: ControlRequest) throws -> (JSONValue, [UInt8]) {
+    func ask(_ request: ControlRequest, refusedCode: Int32 = 2) throws -> (JSONValue, [UInt8]) {
         let c = try client()
         do { return try c.send(request) } catch {
-            fail(error.description, code: 2)
+            fail(error.description, code: error.kind == .refused ? refusedCode : 2)
         }
     }
 }
@@ -160,6 +160,10 @@ struct Keys: ParsableCommand {
                 || k["accept_lifetime"]?["start"]?.isNull == false || k["accept_lifetime"]?["end"]?.isNull == false {
                 print("  key \(int(k["key_id"])): send \(life(k["send_lifetime"])), accept \(life(k["accept_lifetime"]))")
             }
+        }
+        let changes = (v["runtime_changes"]?.array ?? []).compactMap(\.string)
+        if !changes.isEmpty {
+            print("runtime key changes (tcpaod key; a reload or restart goes back to the file): \(changes.joined(separator: "; "))")
         }
         for p in v["peers"]?.array ?? [] {
             let pref = p["preferred_key_id"]?.int.map { "key \($0)" } ?? "no key"

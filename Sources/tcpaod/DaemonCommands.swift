@@ -6,7 +6,7 @@ import TCPAOConfig
 import TCPAODaemon
 
 extension TCPAOD {
-    static let daemonSubcommands: [ParsableCommand.Type] = [Run.self, Rules.self, Stats.self, Status.self, Flows.self, Keys.self]
+    static let daemonSubcommands: [ParsableCommand.Type] = [Run.self, Rules.self, Stats.self, Status.self, Flows.self, Keys.self, Key.self]
 }
 
 struct Run: ParsableCommand {

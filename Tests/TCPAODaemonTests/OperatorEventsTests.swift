@@ -37,11 +37,14 @@ import TCPAO
         #expect(ev.observe(Self.counters(["bad-mac": 9, "missing-ao": 2]), peers: p, now: 200).isEmpty)
     }
 
-    /// Drops counted before the daemon's first look (a restart) are not reported as new.
-    @Test func theFirstObservationOnlyLearns() {
+    /// A new process's counters start at 0: drops and first uses seen at the first look (the
+    /// first second after a start or restart, e.g. a wrong key) are reported; key preference and
+    /// lifetimes are only learnt then.
+    @Test func theFirstLookReportsCountersButOnlyLearnsKeyState() {
         var ev = OperatorEvents()
         let p = [Self.peer([Self.mkt(1)])]
-        #expect(ev.observe(Self.counters(["bad-mac": 7], keys: ["1": ["signed": 3, "verified": 3]]), peers: p, now: 100).isEmpty)
+        let e = ev.observe(Self.counters(["bad-mac": 7], keys: ["1": ["signed": 3, "verified": 3]]), peers: p, now: 100)
+        #expect(e.map { $0.metadata["event"] ?? $0.metadata["reason"] ?? "" }.sorted() == ["bad-mac", "peer-signing", "signing"])
         #expect(ev.observe(Self.counters(["bad-mac": 7], keys: ["1": ["signed": 4, "verified": 4]]), peers: p, now: 120).isEmpty)
     }
 

@@ -1581,6 +1581,151 @@ def control_socket_status_flows_keys():
             shutil.rmtree(d, ignore_errors=True)
 
 
+
+@test
+def runtime_key_management():
+    """Runtime MKT management (`tcpaod key add|prefer|remove`, runtime only) while a bulk
+    transfer and an interactive session run from A to B: key 2 added on both ends (the KeyID on
+    the wire stays 1), preferred on both (it moves to 2 in both directions, verified in a
+    capture), key 1 removed on both; the connections stay up and nothing is dropped. Bad
+    requests (unknown chain, empty or world-readable key, duplicate SendID, removing the last
+    key or the key in use) are refused with the reason and change nothing (`keys --json`).
+    SIGHUP: the file's keys replace the runtime changes (logged)."""
+    import socket as sk
+    topo = Topology()
+    insts = {"a": "%s-rk-a" % TAG, "b": "%s-rk-b" % TAG}
+    dirs = ["/run/tcpaod/" + i for i in insts.values()]
+    try:
+        a, b = two_hosts(topo)
+        secret2 = "the runtime key, rolled in by automation"
+        k1 = key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)
+        k2 = key_yaml(2, 2, 2, "aes-128-cmac-96", secret2)
+        ca = write_config("rk-a", [("b", "192.0.2.2/32", None)], [k1], extra="instance: %s\n" % insts["a"])
+        cb = write_config("rk-b", [("a", "192.0.2.1/32", None)], [k1], extra="instance: %s\n" % insts["b"])
+        da, db = Daemon(a, ca, "rk-a"), Daemon(b, cb, "rk-b")
+        wait_for(lambda: all(os.path.exists(d + "/control.sock") for d in dirs), "both control sockets")
+
+        def ctl(side, *args, rc=0, stdin=None):
+            r = sh([TCPAOD] + list(args) + ["--instance", insts[side]], check_rc=False, input=stdin)
+            check(r.returncode == rc, "tcpaod %s (%s): exit %d (expected %d): %s%s" % (" ".join(args), side, r.returncode, rc, r.stdout, r.stderr))
+            out = r.stdout + r.stderr
+            check(SECRET not in out and secret2 not in out and secret2.encode().hex() not in out, "a secret in the output of tcpaod %s" % " ".join(args))
+            return r
+
+        def keys(side):
+            v = json.loads(ctl(side, "keys", "--json").stdout)
+            return [(c["name"], [(k["key_id"], k["send_id"], k["recv_id"], k["algorithm"], k["send_lifetime"], k["accept_lifetime"], k["preferred"])
+                                 for k in c["keys"]]) for c in v["chains"]], v["runtime_changes"]
+
+        def flow_keys(side):
+            v = json.loads(ctl(side, "flows", "--json").stdout)
+            return sorted(set(f["key_id"] for f in v["flows"] if f["phase"] == "established"))
+
+        kf = os.path.join(WORK, "rk-key2")
+        with open(kf, "w") as f:
+            f.write(secret2 + "\n")
+        os.chmod(kf, 0o600)
+        add2 = ["key", "add", "--chain", "k", "--key-id", "2", "--send-id", "2", "--recv-id", "2", "--algorithm", "aes-128-cmac-96"]
+        h = start_sessions(a, b, "rk")
+        cap = Capture(a, "va", "tcp port 9339")
+        sessions_progress(h, "the start")
+        check(flow_keys("a") == [1] and flow_keys("b") == [1], "KeyIDs at the start: %s %s" % (flow_keys("a"), flow_keys("b")))
+
+        # Bad requests: refused with the reason, nothing changed.
+        before = keys("a")
+        bad = os.path.join(WORK, "rk-world-readable")
+        with open(bad, "w") as f:
+            f.write(secret2)
+        os.chmod(bad, 0o644)
+        refusals = [
+            (["key", "add", "--chain", "nope", "--key-id", "2", "--send-id", "2", "--recv-id", "2", "--algorithm", "aes-128-cmac-96", "--key-file", kf], None, "no key chain `nope`"),
+            (add2 + ["--key-file", bad], None, "readable by every user"),
+            (add2 + ["--hex-stdin"], "\n", "the secret is empty"),
+            (["key", "add", "--chain", "k", "--key-id", "3", "--send-id", "1", "--recv-id", "3", "--algorithm", "hmac-sha-1-96", "--key-file", kf], None, "SendID 1 is also used"),
+            (["key", "remove", "--chain", "k", "--key-id", "1"], None, "last key of chain `k`"),
+            (["key", "prefer", "--chain", "k", "--key-id", "9"], None, "has no key 9"),
+        ]
+        for args, stdin, reason in refusals:
+            r = ctl("a", *args, rc=1, stdin=stdin)
+            check(reason in r.stderr, "tcpaod %s: expected %r in: %s" % (" ".join(args), reason, r.stderr))
+            log("    refused: %s" % r.stderr.strip().splitlines()[0][:160])
+        # The raw protocol: an empty secret is refused by the daemon itself.
+        c = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+        c.connect(dirs[0] + "/control.sock")
+        c.sendall(b'{"version":1,"command":"key-add","chain":"k","key_id":2,"send_id":2,"recv_id":2,"algorithm":"aes-128-cmac-96","secret_hex":""}\n')
+        v = json.loads(c.makefile("rb").readline())
+        c.close()
+        check(v["ok"] is False and v["code"] == "invalid-key" and "the secret is empty" in v["error"], "raw empty secret: %s" % v)
+        check(keys("a") == before, "a refused request changed the keys: %s -> %s" % (before, keys("a")))
+
+        # Add key 2 on both ends (B from stdin, A from a key file): accepted, not yet sending.
+        r = ctl("b", *(add2 + ["--hex-stdin"]), stdin=secret2.encode().hex() + "\n")
+        log("    B: " + r.stdout.strip())
+        r = ctl("a", *(add2 + ["--key-file", kf]))
+        log("    A: " + r.stdout.strip())
+        check("added to chain k" in r.stdout and "sends with key 1" in r.stdout, "key add: %s" % r.stdout)
+        sessions_progress(h, "key 2 was added")
+        check(flow_keys("a") == [1] and flow_keys("b") == [1], "KeyIDs after the add: %s %s" % (flow_keys("a"), flow_keys("b")))
+        # Key 1 is in use: its removal is refused with the reason.
+        r = ctl("a", "key", "remove", "--chain", "k", "--key-id", "1", rc=1)
+        check("in use" in r.stderr and "tcpaod key prefer" in r.stderr, "remove in use: %s" % r.stderr)
+        log("    refused: %s" % r.stderr.strip()[:200])
+
+        # Prefer key 2, B then A: every connection moves to it.
+        ctl("b", "key", "prefer", "--chain", "k", "--key-id", "2")
+        r = ctl("a", "key", "prefer", "--chain", "k", "--key-id", "2")
+        log("    A: " + r.stdout.strip())
+        sessions_progress(h, "key 2 was preferred")
+        wait_for(lambda: flow_keys("a") == [2] and flow_keys("b") == [2], "the connections to move to key 2")
+
+        # Remove key 1 on both ends.
+        for side in ("a", "b"):
+            ctl(side, "key", "remove", "--chain", "k", "--key-id", "1")
+        sessions_progress(h, "key 1 was removed")
+        ka, changes = keys("a")
+        check([k[0] for k in ka[0][1]] == [2] and ka[0][1][0][6] and len(changes) == 3, "A's keys after the changes: %s %s" % (ka, changes))
+        log("    A's runtime changes: %s" % "; ".join(changes))
+
+        # SIGHUP: the file wins. (The operator put key 2 in the files too: key 1 comes back, key 2
+        # stays preferred, being listed last.)
+        write_config("rk-a", [("b", "192.0.2.2/32", None)], [k1, k2], extra="instance: %s\n" % insts["a"])
+        write_config("rk-b", [("a", "192.0.2.1/32", None)], [k1, k2], extra="instance: %s\n" % insts["b"])
+        for d in (db, da):
+            d.hup()
+            wait_for(lambda: "configuration reloaded" in d.log(), "the reload of %s" % d.name)
+        for side, d in (("a", da), ("b", db)):
+            kk, changes = keys(side)
+            check([k[0] for k in kk[0][1]] == [1, 2] and changes == [], "%s's keys after SIGHUP: %s %s" % (side, kk, changes))
+            check("replace 3 runtime key change(s)" in d.log(), "%s: the discarded runtime changes are not logged" % side)
+        sessions_progress(h, "the reload")
+        check(flow_keys("a") == [2] and flow_keys("b") == [2], "KeyIDs after the reload: %s %s" % (flow_keys("a"), flow_keys("b")))
+        total = finish_sessions(h)
+        path = cap.stop()
+        vcfg = write_config("rk-verify", [("b", "192.0.2.2/32", None)], [k1, k2])
+        rc, out = verify_pcap(vcfg, path)
+        check(rc == 0, "verify-pcap: %s" % out["line"])
+        runs = {}
+        for s in out["segments"]:
+            side = "a" if s["src"] == "192.0.2.1" else "b"
+            r = runs.setdefault(side, [])
+            if s.get("keyID") is not None and (not r or r[-1] != s["keyID"]):
+                r.append(s["keyID"])
+        check(runs.get("a") == [1, 2] and runs.get("b") == [1, 2], "KeyID on the wire did not move 1 -> 2: %s" % runs)
+        for d in (da, db):
+            drops = {k: v for k, v in d.stats()["counters"]["total"].items() if k.startswith("dropped-") and v}
+            check(not drops, "%s dropped: %s" % (d.name, drops))
+            check(secret2 not in d.log() and secret2.encode().hex() not in d.log(), "a secret in %s's log" % d.name)
+        check("key 2 (SendID 2, RecvID 2, aes-128-cmac-96) added to chain k" in da.log(), "the add is not logged")
+        log("    %d MB through add, prefer, remove and a reload; KeyIDs on the wire A->B %s, B->A %s; %s; no drops"
+            % (total // 1000000, runs["a"], runs["b"], out["line"]))
+        da.stop()
+        db.stop()
+    finally:
+        topo.close()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     if os.geteuid() != 0:
         print("the end-to-end tests need root (network namespaces, iptables)")

@@ -10,7 +10,7 @@ usage: metrics.py [-k SUBSTRING] [--list]     (root; TCPAOD_BIN=path to the tcpa
 Topology (from e2e.py, namespaces prefixed "mx<pid>-"):
   A 192.0.2.1 / 2001:db8:1::1  <-veth->  B 192.0.2.2 / 2001:db8:1::2
   tcpaod on A with metrics on 127.0.0.1:9477, Prometheus on A's 127.0.0.1:9090 scraping it;
-  tcpaod on B with metrics on [::1]:9477. Nothing listens in the host's namespace.
+  tcpaod on B with metrics on [::1]:9477.
 """
 import json
 import os
@@ -238,7 +238,6 @@ def prometheus_scrapes_tcpaod():
             check(got["status"] == status, "%s %s: HTTP %d, expected %d" % (method, path, got["status"], status))
         check(http(a, "127.0.0.1", 9477, "/metrics", "POST")["headers"].get("allow") == "GET, HEAD", "405 without Allow")
         check(http(b, "::1", 9477, "/metrics")["status"] == 200, "B's [::1]:9477")
-        check(e2e.sh(["ss", "-Hltn", "sport = :9477"]).stdout.strip() == "", "something listens on 9477 in the host's namespace")
         log("    /metrics: %d series, %d families; 404 and 405 for the rest; B answers on [::1]:9477; no secret" % (len(samples), len(types)))
 
         # Prometheus, in A, scraping A's tcpaod.

@@ -19,6 +19,7 @@ usage: systemd_real.py          (root; TCPAOD_BIN=path to the tcpaod binary)
 The container's root file system is made once with mmdebstrap (~40 s, ~220 MB) and cached in
 /var/cache/tcpaod-nspawn; each run boots it with a volatile overlay, so the cache stays clean.
 """
+import fcntl
 import hashlib
 import os
 import re
@@ -46,6 +47,11 @@ def rootfs():
     if os.path.exists(os.path.join(path, ".tcpaod-complete")):
         return path
     os.makedirs(CACHE, exist_ok=True)
+    # One builder at a time (two first runs at once would remove each other's tree).
+    lock = open(os.path.join(CACHE, ".lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(path, ".tcpaod-complete")):
+        return path
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     log("    making the container's root file system (mmdebstrap, once): %s" % path)
@@ -272,8 +278,22 @@ def systemd_unit_under_real_systemd():
         e2e.sessions_progress(h, "systemctl reload")
         log("    systemctl reload: connections carry on")
 
+        # Another instance in the same namespace (its own queue, no rules): its control socket
+        # under /run/tcpaod/x/ must outlive the unit's restarts (RuntimeDirectoryPreserve=yes).
+        other = ("mode: host\ninstance: x\nqueue: 120\nthreads: 1\nstats-interval: 0\nkey-chains:\n  - name: k\n    keys:\n" + k1 +
+                 "peers:\n  - { name: far, prefix: 203.0.113.1/32, ports: [830], key-chain: k }\n")
+        container.put("/etc/tcpaod/x.yaml", other)
+        xlog = open(os.path.join(e2e.WORK, "instance-x.log"), "w")
+        xproc = subprocess.Popen(container.cmd(["/usr/local/bin/tcpaod", "run", "--config", "/etc/tcpaod/x.yaml", "--no-rules"]),
+                                 stdout=xlog, stderr=subprocess.STDOUT)
+        x_up = lambda: container.run(["/usr/local/bin/tcpaod", "status", "--instance", "x"], check_rc=False).returncode == 0
+        wait_for(x_up, "the other instance's control socket", 30)
+
         pid0 = container.show("MainPID")
         stall = e2e.stall_after(h, lambda: container.systemctl("restart", "tcpaod"))
+        check(x_up(), "the unit's restart removed the other instance's control socket (/run/tcpaod/x/control.sock)")
+        xproc.terminate()
+        xproc.wait(20)
         pid1 = container.show("MainPID")
         check(pid1 != pid0, "systemctl restart did not start a new process")
         check(jumps(b) == (1, 1), "after the restart: jumps %s" % (jumps(b),))

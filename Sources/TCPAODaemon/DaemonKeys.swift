@@ -1,0 +1,174 @@
+import Dispatch
+import Foundation
+import TCPAO
+import TCPAOConfig
+
+// Runtime MKT management over the control socket: `key-add`, `key-remove`, `key-prefer`.
+// Each request is checked by the configuration loader's rules (`Configuration.applying`), then
+// applied on the control queue like a reload: every worker is reconfigured with the new key
+// chain before the answer, unchanged keys keep their serials (cached traffic keys). Changes are
+// runtime only: the configuration file is not written; a reload (SIGHUP) or a restart goes back
+// to the file (the log lists the runtime changes that replaces). A bad request changes nothing.
+//
+//   {"version":1,"command":"key-add","chain":"k","key_id":2,"send_id":2,"recv_id":2,
+//    "algorithm":"hmac-sha-256-128","secret_hex":"00ff...","prefer":false,
+//    "send_lifetime":{"start":null,"end":null},"accept_lifetime":{...}}   (lifetimes optional)
+//   {"version":1,"command":"key-prefer","chain":"k","key_id":2}
+//   {"version":1,"command":"key-remove","chain":"k","key_id":1}
+//
+// The secret arrives hexadecimal in `secret_hex`; it is never answered, never logged.
+
+public enum KeyRequests {
+    public static let addArguments = ["chain", "key_id", "send_id", "recv_id", "algorithm", "mac_length", "include_options",
+                                      "secret_hex", "send_lifetime", "accept_lifetime", "prefer"]
+    public static let keyArguments = ["chain", "key_id"]
+
+    /// The operation a request asks for (`command` is key-add, key-remove or key-prefer).
+    public static func operation(_ req: ControlRequest) throws(ControlError) -> KeyOperation {
+        guard let chain = try req.string("chain"), !chain.isEmpty else {
+            throw ControlError(.badRequest, "`chain` is missing: name the key chain (as in the configuration's key-chains)")
+        }
+        guard let keyID = try req.int("key_id", 0...Int(Int32.max)) else {
+            throw ControlError(.badRequest, "`key_id` is missing: the key's key-id in its chain")
+        }
+        switch req.command {
+        case "key-remove": return .remove(chain: chain, keyID: UInt64(keyID))
+        case "key-prefer": return .prefer(chain: chain, keyID: UInt64(keyID))
+        case "key-add": break
+        default: throw ControlError(.unknownCommand, "`\(req.command)` is not a key command")
+        }
+        guard let send = try req.int("send_id", 0...255) else { throw ControlError(.badRequest, "`send_id` is missing: the TCP-AO KeyID we send with (0-255)") }
+        guard let recv = try req.int("recv_id", 0...255) else { throw ControlError(.badRequest, "`recv_id` is missing: the TCP-AO KeyID we receive with (0-255)") }
+        guard let name = try req.string("algorithm") else {
+            throw ControlError(.badRequest, "`algorithm` is missing; one of: \(AOAlgorithm.byName.map(\.0).joined(separator: ", "))")
+        }
+        guard var alg = AOAlgorithm(name: name) else {
+            throw ControlError(.badRequest, "`\(name)` is not a supported algorithm; one of: \(AOAlgorithm.byName.map(\.0).joined(separator: ", "))")
+        }
+        if let m = try req.int("mac_length", 4...64) {
+            guard m <= alg.kind.outputLength else {
+                throw ControlError(.badRequest, "`mac_length` \(m) is longer than \(alg)'s output (\(alg.kind.outputLength) bytes)")
+            }
+            alg = AOAlgorithm(kind: alg.kind, macLength: m)
+        }
+        guard let hex = try req.string("secret_hex") else {
+            throw ControlError(.badRequest, "`secret_hex` is missing: the master key, hexadecimal")
+        }
+        guard var bytes = [UInt8](hex: hex) else {
+            throw ControlError(.badRequest, "`secret_hex` is not an even number of hexadecimal digits")
+        }
+        defer { for i in bytes.indices { bytes[i] = 0 } }
+        let key = NewKey(keyID: UInt64(keyID), sendID: UInt8(send), recvID: UInt8(recv), algorithm: alg,
+                         includeOptions: try req.bool("include_options") ?? true,
+                         sendLifetime: try lifetime(req, "send_lifetime"), acceptLifetime: try lifetime(req, "accept_lifetime"),
+                         secret: Secret(bytes))
+        return .add(chain: chain, key: key, prefer: try req.bool("prefer") ?? false)
+    }
+
+    /// {"start": seconds|null, "end": seconds|null} (null or absent: no bound), as `keys` shows.
+    static func lifetime(_ req: ControlRequest, _ name: String) throws(ControlError) -> Lifetime {
+        guard let v = req.arguments[name], !v.isNull else { return .always }
+        guard case .object(let o) = v else {
+            throw ControlError(.badRequest, "`\(name)` must be an object {\"start\": seconds or null, \"end\": seconds or null}")
+        }
+        var l = Lifetime.always
+        for (k, x) in o.dictionary {
+            guard k == "start" || k == "end" else { throw ControlError(.badRequest, "`\(name)` has no member `\(k)` (it has start, end)") }
+            if x.isNull { continue }
+            guard let t = x.int else { throw ControlError(.badRequest, "`\(name).\(k)` must be seconds since 1970 or null") }
+            if k == "start" { l.start = t } else { l.end = t }
+        }
+        guard l.end > l.start else { throw ControlError(.badRequest, "`\(name)` ends before it starts") }
+        return l
+    }
+
+    /// Why `op` (a removal) cannot be done now: connections of the chain's peers still send
+    /// with the key's SendID, or last received its RecvID. Nil: nothing uses it.
+    public static func removalRefusal(_ op: KeyOperation, config: Configuration, flows: [FlowChunk]) -> String? {
+        guard case .remove(let name, let id) = op, let chain = config.keyChains.first(where: { $0.name == name }),
+              let k = chain.keys.first(where: { $0.chainKeyID == id }) else { return nil }
+        let peers = Set(config.peers.filter { $0.keyChain.name == name }.map(\.name))
+        var sending: [String: Int] = [:], receiving: [String: Int] = [:]
+        for c in flows {
+            for f in c.flows where f.phase != .finished && f.phase != .reset {
+                let p = c.peerName(f)
+                guard peers.contains(p) else { continue }
+                if f.currentSendID == k.sendID { sending[p, default: 0] += 1 } else if f.lastRecvKeyID == k.recvID { receiving[p, default: 0] += 1 }
+            }
+        }
+        guard !sending.isEmpty || !receiving.isEmpty else { return nil }
+        var parts: [String] = []
+        for (p, n) in sending.sorted(by: { $0.key < $1.key }) { parts.append("\(n) connection(s) of peer \(p) send with it (KeyID \(k.sendID))") }
+        for (p, n) in receiving.sorted(by: { $0.key < $1.key }) { parts.append("\(n) connection(s) of peer \(p) last received it (KeyID \(k.recvID))") }
+        return "key \(id) of chain \(name) is in use: \(parts.joined(separator: "; ")); prefer another key on both ends first (tcpaod key prefer), wait until the connections moved (tcpaod flows), then remove it"
+    }
+}
+
+extension Daemon {
+    func registerKeyCommands() {
+        dispatcher.register(ControlCommand("key-add", summary: "add an MKT to a key chain (runtime only; secret_hex: the master key, never answered or logged)",
+                                           arguments: KeyRequests.addArguments) { [unowned self] req, w in
+            try changeKeys(req, &w)
+        })
+        dispatcher.register(ControlCommand("key-remove", summary: "remove an MKT from a key chain (runtime only; refused while connections use it)",
+                                           arguments: KeyRequests.keyArguments) { [unowned self] req, w in
+            try changeKeys(req, &w)
+        })
+        dispatcher.register(ControlCommand("key-prefer", summary: "make an MKT the one new segments are sent with (runtime only)",
+                                           arguments: KeyRequests.keyArguments) { [unowned self] req, w in
+            try changeKeys(req, &w)
+        })
+    }
+
+    /// Parses, checks and applies one key request on the control queue (one change at a time,
+    /// never during a reload). Throws with nothing changed.
+    func changeKeys(_ req: ControlRequest, _ w: inout JSONWriter) throws(ControlError) {
+        let op = try KeyRequests.operation(req)
+        let r: Result<(KeyOperationResult, Int64), ControlError> = control.sync { [unowned self] in
+            guard !stopping else { return .failure(ControlError(.unavailable, "tcpaod is stopping")) }
+            let now = Int64(Date().timeIntervalSince1970)
+            switch config.applying(op, now: now) {
+            case .failure(let e):
+                let code: ControlError.Code = switch e.kind {
+                case .unknownChain: .unknownChain
+                case .unknownKey: .unknownKey
+                case .invalid: .invalidKey
+                }
+                log.notice("key change refused: \(op.summary): \(e.description)")
+                return .failure(ControlError(code, e.description))
+            case .success(let res):
+                guard res.changed else { return .success((res, now)) }
+                if case .remove = op {
+                    let flows: [FlowChunk]
+                    do throws(ControlError) { flows = try workerFlows(peer: nil) } catch { return .failure(error) }
+                    if let why = KeyRequests.removalRefusal(op, config: config, flows: flows) {
+                        log.notice("key change refused: \(why)")
+                        return .failure(ControlError(.keyInUse, why))
+                    }
+                }
+                for d in res.warnings { log.warning("\(op.summary): \(d.path): \(d.message) (fix: \(d.fix))") }
+                workers.forEach { $0.reconfigure(res.config.engineConfig()) }
+                config = res.config
+                runtimeKeyChanges.append(op.summary)
+                let changes = runtimeKeyChanges
+                published.withLock { $0.config = res.config; $0.runtimeKeyChanges = changes }
+                let chain = res.config.keyChains.first { $0.name == op.chain }
+                let pref = chain.flatMap { c in c.preferredSendKey(at: now).map { "\(c.keys[$0])" } } ?? "no key"
+                log.notice("\(op.summary) (runtime only: a reload or restart goes back to \(configPath)); chain \(op.chain) sends with \(pref)")
+                return .success((res, now))
+            }
+        }
+        let (res, now) = try r.get()
+        w.field("changed", res.changed)
+        w.field("runtime", true)
+        w.field("summary", res.changed ? op.summary : "key \(op.keyID) of chain \(op.chain) is already preferred")
+        if let c = res.config.keyChains.first(where: { $0.name == op.chain }) {
+            w.field("preferred_key_id", c.preferredSendKey(at: now).map { Int64(c.keys[$0].chainKeyID) }.map(JSONValue.int) ?? .null)
+            w.field("rnext_key_id", c.rnextKeyID(at: now))
+        }
+        w.key("warnings")
+        w.beginArray()
+        for d in res.warnings { w.string("\(d.path): \(d.message) (fix: \(d.fix))") }
+        w.endArray()
+    }
+}
