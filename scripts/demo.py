@@ -157,6 +157,8 @@ def write_configs(keys, handover):
             text = f.read()
         for k, secret in keys.items():
             text = text.replace('key-string: "REPLACE ME: dev1 key %d"' % k, 'hexadecimal-string: "%s"' % secret)
+        # The other device's placeholders (tcpaod refuses them): secrets of the NMS's own.
+        text = re.sub(r'key-string: "REPLACE ME: [^"]*"', lambda m: 'hexadecimal-string: "%s"' % secrets.token_hex(16), text)
         text = shift_dates(text, delta)
         text += "\n# demo: one instance per host (control socket /run/tcpaod/%s/), its stats file\ninstance: %s\nstats-file: %s/%s.stats.json\nstats-interval: 0\n" % (host, host, DIR, host)
         path = os.path.join(DIR, host + ".yaml")

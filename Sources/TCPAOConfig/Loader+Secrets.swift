@@ -12,6 +12,9 @@ extension ConfigLoader {
     /// Linux's TCP-AO (`TCP_AO_MAXKEYLEN`) refuses longer keys.
     static let linuxMaxSecretLength = 80
 
+    /// Key strings starting with this are the examples' placeholders (config/examples): refused.
+    static let placeholderSecretPrefix = "REPLACE ME"
+
     /// The length rules of a master key: empty is an error (false), short or longer than
     /// Linux accepts are warnings. Runtime key changes (`KeyOperation`) run the same checks.
     mutating func checkSecretLength(_ count: Int, _ n: Node?, _ path: String) -> Bool {
@@ -49,6 +52,12 @@ extension ConfigLoader {
                 report(.error, n, path, "expected a text value", fix: "write the shared secret in quotes"); return nil
             }
             inlineSecrets = true
+            if s.hasPrefix(ConfigLoader.placeholderSecretPrefix) {
+                // The shipped examples' placeholders: published, so never a key.
+                report(.error, n, path, "the secret is the example's placeholder (\"\(ConfigLoader.placeholderSecretPrefix)...\"): anyone who has read the example could compute the MAC",
+                       fix: "replace it with a secret of your own on both ends, e.g. `openssl rand -hex 16` as a hexadecimal-string")
+                return nil
+            }
             bytes = Array(s.utf8)
         case "hexadecimal-string":
             guard let s = n.scalar?.string, let b = [UInt8](hex: s) else {

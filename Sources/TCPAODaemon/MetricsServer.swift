@@ -207,7 +207,15 @@ public final class MetricsServer: @unchecked Sendable {
         while true {
             let c = accept(lfd, nil, nil)
             if c < 0 {
-                if errno == EINTR { continue }
+                let e = errno
+                if e == EINTR { continue }
+                // Out of descriptors or memory: the pending connection keeps the (level-triggered)
+                // source firing at once; pause it for 100 ms instead of spinning.
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM, let s = source {
+                    s.suspend()
+                    nonisolated(unsafe) let paused = s // resumed once, on this same queue
+                    acceptQueue.asyncAfter(deadline: .now() + .milliseconds(100)) { paused.resume() }
+                }
                 return // EAGAIN: all taken; anything else: the next event retries
             }
             UnixSocket.setNonblocking(c)

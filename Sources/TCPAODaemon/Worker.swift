@@ -124,7 +124,10 @@ final class Worker: @unchecked Sendable {
     var stopRequested = false
     let finished = DispatchSemaphore(value: 0)
     /// Set by `stop()` once the loop has ended (then only the caller's thread touches state).
-    var stopped = false
+    /// Set once the loop has ended (on the control queue); read by control-socket threads, which
+    /// then read the engine directly (nothing writes it any more).
+    let stoppedFlag = Atomic<Bool>(false)
+    var stopped: Bool { stoppedFlag.load(ordering: .acquiring) }
     /// Counters of configurations replaced by reloads.
     var retired = CounterSnapshot()
     var mtus: [UInt32: (mtu: Int, at: UInt32)] = [:]
@@ -440,7 +443,7 @@ final class Worker: @unchecked Sendable {
         guard !stopped else { return }
         mailbox.post { [self] in stopRequested = true }
         finished.wait()
-        stopped = true
+        stoppedFlag.store(true, ordering: .releasing)
     }
 }
 

@@ -21,9 +21,22 @@ import TCPAO
 
     /// Parsed from the text: a checkout's file mode is not the installed file's (tcpaod refuses
     /// inline secrets in a world-readable file; `load` would judge the checkout).
+    /// The placeholders (refused as they are, see `thePlaceholderSecretsAreRefusedAsTheyAre`) are
+    /// replaced as an operator would: a secret of one's own per placeholder, the same at both
+    /// ends (here derived from the placeholder's text).
     static func parse(_ path: String, now: Int64) throws -> (Configuration?, [Diagnostic]) {
-        let text = try String(contentsOfFile: path, encoding: .utf8)
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text = text.replacingOccurrences(of: "key-string: \"REPLACE ME: ", with: "key-string: \"secret of our own for ")
         return ConfigLoader.parse(text, file: path, now: now)
+    }
+
+    @Test func thePlaceholderSecretsAreRefusedAsTheyAre() throws {
+        let path = Self.examples.appendingPathComponent("device.yaml").path
+        let (cfg, d) = ConfigLoader.parse(try String(contentsOfFile: path, encoding: .utf8), file: path, now: Self.times[0])
+        #expect(cfg == nil)
+        let placeholders = d.errors.filter { $0.message.contains("the example's placeholder") }
+        #expect(placeholders.count == 2 && placeholders.allSatisfy { $0.path.hasSuffix("key-string") && !$0.message.contains("dev1 key") })
+        #expect(d.errors.first?.message.contains("the example's placeholder") == true, "the placeholder is the first thing said")
     }
 
     @Test func theDeploymentExamplesExist() {

@@ -188,10 +188,18 @@ class Daemon:
             return f.read()
 
     def stats(self):
-        """Counters as of now (the daemon writes them every second)."""
-        time.sleep(1.2)
-        with open(self.stats_path) as f:
-            return json.load(f)
+        """Counters as of now: waits for the daemon's next write of its stats file (every second)
+        whose report was taken after this call (its `time` is in whole seconds)."""
+        t = time.time()
+
+        def fresh():
+            try:
+                with open(self.stats_path) as f:
+                    st = json.load(f)
+            except (OSError, ValueError):
+                return None
+            return st if st.get("time", 0) >= t + 1 else None
+        return wait_for(fresh, "tcpaod %s to write its counters" % self.name, 30)
 
     def hup(self):
         self.p.send_signal(signal.SIGHUP)
@@ -242,7 +250,7 @@ def transfer(client_ns, server_ns, server_addr, port, size, timeout=180):
     v6 = ":" in server_addr
     listen = ("TCP6-LISTEN:%d,reuseaddr" if v6 else "TCP4-LISTEN:%d,reuseaddr") % port
     srv = server_ns.popen(["socat", "-u", listen, "OPEN:%s,creat,trunc" % dst], stderr=subprocess.PIPE)
-    time.sleep(0.3)
+    wait_for(lambda: srv.poll() is not None or server_ns.run(["ss", "-Hltn", "sport = :%d" % port]).stdout.strip(), "the socat server on port %d" % port, 15)
     target = ("TCP6:[%s]:%d" if v6 else "TCP4:%s:%d") % (server_addr, port)
     t0 = time.time()
     r = client_ns.run(["socat", "-u", "OPEN:%s" % src, target + ",connect-timeout=10"], check_rc=False, timeout=timeout)
