@@ -1734,24 +1734,21 @@ def runtime_key_management():
             shutil.rmtree(d, ignore_errors=True)
 
 
-def main():
-    if os.geteuid() != 0:
-        print("the end-to-end tests need root (network namespaces, iptables)")
-        return 1
-    if not os.access(TCPAOD, os.X_OK):
-        print("no tcpaod binary at %s (swift build -c release)" % TCPAOD)
-        return 1
-    args = sys.argv[1:]
+def run_tests(tests, args, title):
+    """Runs `tests` in order (those whose name contains the `-k SUBSTRING` argument, if given;
+    `--list` lists them); one PASS/FAIL line each, then a summary. Returns the exit status (1
+    when one failed or none ran). Shared by the tiers' scripts (mgmt.py, metrics.py, ...)."""
     if "--list" in args:
-        for t in TESTS:
+        for t in tests:
             print(t.__name__)
         return 0
     sel = args[args.index("-k") + 1] if "-k" in args else ""
-    failed = []
+    failed, ran = [], 0
     t_all = time.time()
-    for t in TESTS:
+    for t in tests:
         if sel and sel not in t.__name__:
             continue
+        ran += 1
         log("-- %s" % t.__name__)
         t0 = time.time()
         try:
@@ -1762,9 +1759,22 @@ def main():
             log("FAIL %s (%.1f s): %s" % (t.__name__, time.time() - t0, e))
             if not isinstance(e, Fail):
                 traceback.print_exc()
-    log("%d test(s) failed: %s" % (len(failed), ", ".join(failed)) if failed else "all end-to-end tests passed (%.0f s)" % (time.time() - t_all))
-    shutil.rmtree(WORK, ignore_errors=True)
-    return 1 if failed else 0
+    log("%s: %d passed, %d failed in %.0f s%s" % (title, ran - len(failed), len(failed), time.time() - t_all,
+                                                  " (" + ", ".join(failed) + ")" if failed else ""))
+    return 1 if failed or not ran else 0
+
+
+def main():
+    if os.geteuid() != 0:
+        print("the end-to-end tests need root (network namespaces, iptables)")
+        return 1
+    if not os.access(TCPAOD, os.X_OK):
+        print("no tcpaod binary at %s (swift build -c release)" % TCPAOD)
+        return 1
+    try:
+        return run_tests(TESTS, sys.argv[1:], "end-to-end tests")
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -405,26 +405,7 @@ def run():
     except RuntimeError as e:
         print(e)
         return 1
-    sel = args[args.index("-k") + 1] if "-k" in args else ""
-    failed, ran = [], 0
-    t_all = time.time()
-    for t in TESTS:
-        if sel and sel not in t.__name__:
-            continue
-        ran += 1
-        log("-- %s" % t.__name__)
-        t0 = time.time()
-        try:
-            t()
-            log("PASS %s (%.1f s)" % (t.__name__, time.time() - t0))
-        except Exception as e:
-            failed.append(t.__name__)
-            log("FAIL %s (%.1f s): %s" % (t.__name__, time.time() - t0, e))
-            if not isinstance(e, Fail):
-                traceback.print_exc()
-    log("management end-to-end tests: %.0f s%s" % (time.time() - t_all, "; failed: " + ", ".join(failed) if failed else ""))
-    log("%d passed, %d failed" % (ran - len(failed), len(failed)))
-    return 1 if failed or not ran else 0
+    return e2e.run_tests(TESTS, args, "management end-to-end tests")
 
 
 if __name__ == "__main__":
