@@ -17,8 +17,7 @@ struct Key: ParsableCommand {
         Each change is checked like the configuration file (tcpaod check) and applied to every queue at once; \
         a refused change says why and changes nothing (exit 1). Changes are runtime only: the configuration \
         file is not written, and a reload (SIGHUP, systemctl reload) or a restart goes back to the file's keys \
-        (the daemon logs the runtime changes it discards). Put the keys in the file too to keep them.
-
+        (the daemon logs the runtime changes it discards). Put the keys in the file too to keep them. \
         A hitless rollover, on both ends: `key add` (the new key is accepted, the old one still sends), then \
         `key prefer` (new connections and, as the peer asks for it with RNextKeyID, existing ones move to it), \
         then, once `tcpaod flows` shows no connection on the old key, `key remove`.
