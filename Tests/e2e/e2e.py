@@ -1735,13 +1735,9 @@ def runtime_key_management():
 
 
 def run_tests(tests, args, title):
-    """Runs `tests` in order (those whose name contains the `-k SUBSTRING` argument, if given;
-    `--list` lists them); one PASS/FAIL line each, then a summary. Returns the exit status (1
-    when one failed or none ran). Shared by the tiers' scripts (mgmt.py, metrics.py, ...)."""
-    if "--list" in args:
-        for t in tests:
-            print(t.__name__)
-        return 0
+    """Runs `tests` in order (those whose name contains the `-k SUBSTRING` argument, if given);
+    one PASS/FAIL line each, then a summary. Returns the exit status (1 when one failed or none
+    ran)."""
     sel = args[args.index("-k") + 1] if "-k" in args else ""
     failed, ran = [], 0
     t_all = time.time()
@@ -1764,17 +1760,33 @@ def run_tests(tests, args, title):
     return 1 if failed or not ran else 0
 
 
-def main():
-    if os.geteuid() != 0:
-        print("the end-to-end tests need root (network namespaces, iptables)")
-        return 1
-    if not os.access(TCPAOD, os.X_OK):
-        print("no tcpaod binary at %s (swift build -c release)" % TCPAOD)
-        return 1
+def tier_main(tests, title, missing=lambda: None):
+    """The command line of a tier's script (e2e.py, mgmt.py, metrics.py): `--list`, `-k
+    SUBSTRING`; root, the tcpaod binary and `missing()` (what else the tier needs: None, or what
+    is missing) checked first; this module's work directory removed at the end."""
     try:
-        return run_tests(TESTS, sys.argv[1:], "end-to-end tests")
+        args = sys.argv[1:]
+        if os.geteuid() != 0:
+            print("the end-to-end tests need root (network namespaces, iptables)")
+            return 1
+        if "--list" in args:
+            for t in tests:
+                print(t.__name__)
+            return 0
+        if not os.access(TCPAOD, os.X_OK):
+            print("no tcpaod binary at %s (swift build -c release, or TCPAOD_BIN=...)" % TCPAOD)
+            return 1
+        problem = missing()
+        if problem:
+            print(problem)
+            return 1
+        return run_tests(tests, args, title)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
+
+
+def main():
+    return tier_main(TESTS, "end-to-end tests")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ Topology (from e2e.py, namespaces prefixed "mx<pid>-"):
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -338,28 +336,11 @@ def da_start(d):
 
 
 def main():
-    try:
-        return run()
-    finally:
-        shutil.rmtree(WORK, ignore_errors=True)  # made by e2e.py at import
-
-
-def run():
-    if os.geteuid() != 0:
-        print("the end-to-end tests need root (network namespaces, iptables)")
-        return 1
-    args = sys.argv[1:]
-    if "--list" in args:
-        for t in TESTS:
-            print(t.__name__)
-        return 0
-    if not os.access(e2e.TCPAOD, os.X_OK):
-        print("no tcpaod binary at %s (swift build -c release, or TCPAOD_BIN=...)" % e2e.TCPAOD)
-        return 1
-    if not os.access(PROMETHEUS, os.X_OK):
-        print("no prometheus at %s (scripts/deps test installs Debian's prometheus)" % PROMETHEUS)
-        return 1
-    return e2e.run_tests(TESTS, args, "metrics end-to-end tests")
+    def missing():
+        if not os.access(PROMETHEUS, os.X_OK):
+            return "no prometheus at %s (scripts/deps test installs Debian's prometheus)" % PROMETHEUS
+        return None
+    return e2e.tier_main(TESTS, "metrics end-to-end tests", missing)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,10 @@ come from e2e.py, imported as a module; its namespaces get this run's prefix "mg
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -382,30 +380,13 @@ def wrong_key_fails_fast_and_counts_bad_macs():
 
 
 def main():
-    try:
-        return run()
-    finally:
-        shutil.rmtree(WORK, ignore_errors=True)  # made by e2e.py at import
-
-
-def run():
-    if os.geteuid() != 0:
-        print("the end-to-end tests need root (network namespaces, iptables)")
-        return 1
-    args = sys.argv[1:]
-    if "--list" in args:
-        for t in TESTS:
-            print(t.__name__)
-        return 0
-    if not os.access(e2e.TCPAOD, os.X_OK):
-        print("no tcpaod binary at %s (swift build -c release, or TCPAOD_BIN=...)" % e2e.TCPAOD)
-        return 1
-    try:
-        lab.python()
-    except RuntimeError as e:
-        print(e)
-        return 1
-    return e2e.run_tests(TESTS, args, "management end-to-end tests")
+    def missing():
+        try:
+            lab.python()
+        except RuntimeError as e:
+            return str(e)
+        return None
+    return e2e.tier_main(TESTS, "management end-to-end tests", missing)
 
 
 if __name__ == "__main__":
