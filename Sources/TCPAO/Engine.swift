@@ -33,6 +33,8 @@ public struct AOEngine: ~Copyable {
     var sweepCursor = 0
     /// Where connections' labels are kept outside the process (nil: memory only).
     public var stateStore: (any FlowStateStore)? = nil
+    /// Connections whose keys moved, for the log (`takeKeyEvents`).
+    var keyEvents = FlowKeyEventBuffer()
 
     /// `budget`, when given, bounds the flows of all engines sharing it; each engine's own
     /// table holds at most `config.limits.maxFlows`.
@@ -471,11 +473,19 @@ public struct AOEngine: ~Copyable {
         if was != after.isSynchronized, let s = synchronized {
             if after.isSynchronized { s.insert(table.entries[i].key) } else { s.remove(table.entries[i].key) }
         }
+        guard let b = before else { return }
         // New ISNs (the 4-tuple was reused by a new connection): cached traffic keys are stale.
-        if let b = before, b.localISN != after.localISN || b.remoteISN != after.remoteISN {
+        if b.localISN != after.localISN || b.remoteISN != after.remoteISN {
             table.entries[i].dropKeys()
         }
+        if b.currentSendID != after.currentSendID || b.lastRecvKeyID != after.lastRecvKeyID || b.peerRNextKeyID != after.peerRNextKeyID {
+            keyEvents.note(table.entries[i].key, peer: table.entries[i].peer, before: b, after: after)
+        }
     }
+
+    /// The connections whose keys moved since the last call (and how many events did not fit
+    /// the buffer). Called off the packet path (once a second).
+    public mutating func takeKeyEvents() -> (events: [FlowKeyEvent], lost: UInt64) { keyEvents.take() }
 
     @inline(__always)
     func dropped(_ r: DropReason, peer: Int) -> Verdict {

@@ -271,7 +271,14 @@ public final class Daemon: @unchecked Sendable {
             latestReport.withLock { $0 = r }
             writeStats(r)
             logStats(force: false)
-            for e in events.observe(r.counters, peers: config.peers, now: r.time) {
+            var moved: [FlowKeyEvent] = []
+            var lost: UInt64 = 0
+            for w in workers {
+                let (e, l) = w.takeKeyEvents()
+                moved += e
+                lost += l
+            }
+            for e in events.observe(r.counters, peers: config.peers, now: r.time) + events.keyMoves(moved, lost: lost, peers: config.peers) {
                 log.log(level: e.level, "\(e.message)", metadata: e.metadata.mapValues { .string($0) })
             }
             // systemctl status shows it (every 5 s: a datagram to systemd, nothing when not under it).

@@ -24,6 +24,9 @@ public struct OperatorEvent: Sendable, Equatable {
 /// Pure: the daemon feeds it counter snapshots and the time, and logs what it returns.
 public struct OperatorEvents: Sendable {
     public var dropInterval: Int64 = 10
+    /// Connections' key moves logged one line each per call (a second); beyond it, one line per
+    /// peer, kind and KeyID with the number of connections (a rotation moves them all at once).
+    public var keyMoveLines = 20
     /// Per peer and reason: total already reported, when the last line was written.
     private var drops: [String: (reported: UInt64, at: Int64)] = [:]
     private var used: [String: (signed: UInt64, verified: UInt64)] = [:]
@@ -107,6 +110,52 @@ public struct OperatorEvents: Sendable {
                 }
                 used[id] = now
             }
+        }
+        return out
+    }
+
+    /// One line per connection whose keys moved (`FlowKeyEvent`, taken from the workers once a
+    /// second): the KeyID it sends with, the peer's KeyID and the peer's RNextKeyID. At most
+    /// `keyMoveLines` lines; the rest summed per peer, kind and KeyID; events lost by a full
+    /// buffer counted.
+    public func keyMoves(_ moves: [FlowKeyEvent], lost: UInt64, peers: [PeerPolicy]) -> [OperatorEvent] {
+        var out: [OperatorEvent] = []
+        var rest: [String: (peer: String, kind: FlowKeyEvent.Kind, to: UInt8, n: Int)] = [:]
+        for m in moves {
+            let peer = m.peer >= 0 && Int(m.peer) < peers.count ? peers[Int(m.peer)].name : "?"
+            guard out.count < keyMoveLines else {
+                let id = "\(peer)\u{0}\(m.kind.rawValue)\u{0}\(m.to)"
+                rest[id, default: (peer, m.kind, m.to, 0)].n += 1
+                continue
+            }
+            let what: String
+            let event: String
+            switch m.kind {
+            case .sending:
+                what = "now sends with KeyID \(m.to) (was \(m.from))" + (m.followsPeer ? ": the peer's RNextKeyID (RFC 5925 7.5)" : ": KeyID \(m.from) may no longer send")
+                event = "send-key"
+            case .peerSending:
+                what = "the peer now sends with KeyID \(m.to) (was \(m.from))"
+                event = "peer-key"
+            case .peerAsks:
+                what = "the peer moved to RNextKeyID \(m.to) (was \(m.from)): it asks for KeyID \(m.to)"
+                event = "peer-rnext"
+            }
+            out.append(OperatorEvent(.info, "connection \(m.key) of peer \(peer): \(what)",
+                                     ["peer": peer, "flow": "\(m.key)", "key_id": "\(m.to)", "previous": "\(m.from)", "event": event]))
+        }
+        for (_, r) in rest.sorted(by: { $0.key < $1.key }) {
+            let what = switch r.kind {
+            case .sending: "now send with KeyID \(r.to)"
+            case .peerSending: "receive KeyID \(r.to) from the peer"
+            case .peerAsks: "got RNextKeyID \(r.to) from the peer"
+            }
+            out.append(OperatorEvent(.info, "and \(r.n) more connection(s) of peer \(r.peer) \(what)",
+                                     ["peer": r.peer, "key_id": "\(r.to)", "count": "\(r.n)", "event": "key-moves"]))
+        }
+        if lost > 0 {
+            out.append(OperatorEvent(.info, "\(lost) more key move(s) of connections not logged (more than \(FlowKeyEventBuffer.capacity) per second per queue; `tcpaod flows` shows every connection's keys)",
+                                     ["count": "\(lost)", "event": "key-moves-lost"]))
         }
         return out
     }

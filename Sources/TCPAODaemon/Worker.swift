@@ -409,6 +409,20 @@ final class Worker: @unchecked Sendable {
         return result
     }
 
+    /// The connections whose keys moved since the last call, taken on the worker's thread (or
+    /// directly once it has stopped): the stats tick logs them.
+    func takeKeyEvents() -> (events: [FlowKeyEvent], lost: UInt64) {
+        if stopped { return engine.pointee.takeKeyEvents() }
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: (events: [FlowKeyEvent], lost: UInt64) = ([], 0)
+        mailbox.post { [self] in
+            result = engine.pointee.takeKeyEvents()
+            done.signal()
+        }
+        done.wait()
+        return result
+    }
+
     /// The counters, taken on the worker's thread; the answer arrives through the handle.
     func requestSnapshot() -> Pending<(CounterSnapshot, IOStats)> {
         let p = Pending<(CounterSnapshot, IOStats)>()

@@ -94,6 +94,29 @@ import TCPAO
             #expect(!e.metadata.values.contains { $0.contains("operator events test secret") })
         }
     }
+
+    /// Per connection: one line per key move with the flow and KeyIDs; a rotation's crowd is
+    /// summed per peer and KeyID after `keyMoveLines`; events lost by a full buffer counted.
+    @Test func keyMovesOfConnectionsAreLoggedOneLineEachThenSummed() {
+        var ev = OperatorEvents()
+        ev.keyMoveLines = 2
+        let p = [Self.peer([Self.mkt(1), Self.mkt(2)])]
+        func flow(_ port: UInt16) -> FlowKey {
+            FlowKey(local: IPAddress("198.51.100.10")!, remote: IPAddress("192.0.2.2")!, localPort: port, remotePort: 830)
+        }
+        let moves = [FlowKeyEvent(kind: .peerAsks, key: flow(40000), peer: 0, from: 1, to: 2),
+                     FlowKeyEvent(kind: .sending, key: flow(40000), peer: 0, from: 1, to: 2, followsPeer: true)]
+            + (40001...40004).map { FlowKeyEvent(kind: .sending, key: flow($0), peer: 0, from: 1, to: 2, followsPeer: true) }
+        let lines = ev.keyMoves(moves, lost: 3, peers: p)
+        #expect(lines.map(\.message) == [
+            "connection 198.51.100.10:40000 <-> 192.0.2.2:830 of peer nms: the peer moved to RNextKeyID 2 (was 1): it asks for KeyID 2",
+            "connection 198.51.100.10:40000 <-> 192.0.2.2:830 of peer nms: now sends with KeyID 2 (was 1): the peer's RNextKeyID (RFC 5925 7.5)",
+            "and 4 more connection(s) of peer nms now send with KeyID 2",
+            "3 more key move(s) of connections not logged (more than 256 per second per queue; `tcpaod flows` shows every connection's keys)",
+        ])
+        #expect(lines[1].metadata == ["peer": "nms", "flow": "198.51.100.10:40000 <-> 192.0.2.2:830", "key_id": "2", "previous": "1", "event": "send-key"])
+        #expect(ev.keyMoves([], lost: 0, peers: p).isEmpty)
+    }
 }
 
 extension Dictionary {

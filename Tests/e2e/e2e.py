@@ -1685,6 +1685,12 @@ def runtime_key_management():
         log("    A: " + r.stdout.strip())
         sessions_progress(h, "key 2 was preferred")
         wait_for(lambda: flow_keys("a") == [2] and flow_keys("b") == [2], "the connections to move to key 2")
+        # Each connection's move is logged (once a second, off the packet path): the peer's new
+        # RNextKeyID, then the KeyID we send with.
+        for d in (da, db):
+            wait_for(lambda: "now sends with KeyID 2 (was 1): the peer's RNextKeyID" in d.log()
+                     and "the peer moved to RNextKeyID 2 (was 1)" in d.log(), "%s to log the connections' key moves" % d.name)
+        log("    " + next(l for l in da.log().splitlines() if "now sends with KeyID 2" in l).strip()[:220])
 
         # Remove key 1 on both ends.
         for side in ("a", "b"):
