@@ -32,22 +32,30 @@ public struct ConfigLoader {
     /// across a reload.
     public static func load(path: String, purpose: Purpose = .daemon, now: Int64, previous: Configuration? = nil)
         -> (Configuration?, [Diagnostic]) {
+        let (c, d, _) = loadKeepingText(path: path, purpose: purpose, now: now, previous: previous)
+        return (c, d)
+    }
+
+    /// `load`, also giving the text the configuration was read from (nil when it could not be
+    /// read): what the daemon edits when it writes runtime key changes back (`ConfigFileEdit`).
+    public static func loadKeepingText(path: String, purpose: Purpose = .daemon, now: Int64, previous: Configuration? = nil)
+        -> (Configuration?, [Diagnostic], String?) {
         var l = ConfigLoader(file: path, purpose: purpose, now: now)
         guard let data = FileManager.default.contents(atPath: path) else {
             let why = FileManager.default.fileExists(atPath: path) ? "cannot be read (permissions?)" : "does not exist"
             l.report(.error, nil, "", "the configuration file \(why)", fix: "pass the path of a readable file with --config")
-            return (nil, l.diagnostics)
+            return (nil, l.diagnostics, nil)
         }
         guard let text = String(data: data, encoding: .utf8) else {
             l.report(.error, nil, "", "the file is not UTF-8 text", fix: "save it as UTF-8")
-            return (nil, l.diagnostics)
+            return (nil, l.diagnostics, nil)
         }
         let cfg = l.parse(text, previous: previous)
         if l.inlineSecrets, let mode = ConfigLoader.fileMode(path), mode & 0o004 != 0 {
             l.report(.error, nil, "", "the file holds secrets (key-string/hexadecimal-string) and is readable by every user",
                      fix: "chmod 600 \(path), or move the secrets to key files")
         }
-        return (l.diagnostics.hasErrors ? nil : cfg, l.diagnostics)
+        return (l.diagnostics.hasErrors ? nil : cfg, l.diagnostics, text)
     }
 
     /// Parses YAML text (tests use this directly).

@@ -35,6 +35,10 @@ public struct ControlError: Error, Sendable, Equatable, CustomStringConvertible 
         case invalidKey = "invalid-key"
         /// A key removal while connections use the key.
         case keyInUse = "key-in-use"
+        /// A key change that could not be written back to the configuration file (nothing changed).
+        case notWritten = "not-written"
+        /// A per-connection key for a connection tcpaod does not hold.
+        case unknownConnection = "unknown-connection"
         case requestTooLong = "request-too-long"
         case permissionDenied = "permission-denied"
         case busy

@@ -6,22 +6,28 @@ import TCPAOConfig
 // Runtime MKT management over the control socket: `key-add`, `key-remove`, `key-prefer`.
 // Each request is checked by the configuration loader's rules (`Configuration.applying`), then
 // applied on the control queue like a reload: every worker is reconfigured with the new key
-// chain before the answer, unchanged keys keep their serials (cached traffic keys). Changes are
-// runtime only: the configuration file is not written; a reload (SIGHUP) or a restart goes back
-// to the file (the log lists the runtime changes that replaces). A bad request changes nothing.
+// chain before the answer, unchanged keys keep their serials (cached traffic keys). By default
+// the change is also written back to the configuration file first (`writeBack`: comments and
+// layout kept, atomic, refused with nothing changed when it cannot be); with "runtime": true it
+// is runtime only: a reload (SIGHUP) or a restart goes back to the file (the log lists the
+// runtime changes that replaces), and no write-back is done while runtime changes are in effect.
+// A bad request changes nothing.
 //
 //   {"version":1,"command":"key-add","chain":"k","key_id":2,"send_id":2,"recv_id":2,
 //    "algorithm":"hmac-sha-256-128","secret_hex":"00ff...","prefer":false,
-//    "send_lifetime":{"start":null,"end":null},"accept_lifetime":{...}}   (lifetimes optional)
+//    "send_lifetime":{"start":null,"end":null},"accept_lifetime":{...},   (lifetimes optional)
+//    "key_file":"/etc/tcpaod/k2.key", "runtime":false}                     (both optional)
 //   {"version":1,"command":"key-prefer","chain":"k","key_id":2}
 //   {"version":1,"command":"key-remove","chain":"k","key_id":1}
 //
-// The secret arrives hexadecimal in `secret_hex`; it is never answered, never logged.
+// The secret arrives hexadecimal in `secret_hex`; it is never answered, never logged. Written
+// back, it becomes `key-file: PATH` when the request names the file it came from (`key_file`),
+// else `hexadecimal-string` in the file (which must then not be readable by every user).
 
 public enum KeyRequests {
     public static let addArguments = ["chain", "key_id", "send_id", "recv_id", "algorithm", "mac_length", "include_options",
-                                      "secret_hex", "send_lifetime", "accept_lifetime", "prefer"]
-    public static let keyArguments = ["chain", "key_id"]
+                                      "secret_hex", "send_lifetime", "accept_lifetime", "prefer", "runtime", "key_file"]
+    public static let keyArguments = ["chain", "key_id", "runtime"]
 
     /// The operation a request asks for (`command` is key-add, key-remove or key-prefer).
     public static func operation(_ req: ControlRequest) throws(ControlError) -> KeyOperation {
@@ -106,15 +112,15 @@ public enum KeyRequests {
 
 extension Daemon {
     func registerKeyCommands() {
-        dispatcher.register(ControlCommand("key-add", summary: "add an MKT to a key chain (runtime only; secret_hex: the master key, never answered or logged)",
+        dispatcher.register(ControlCommand("key-add", summary: "add an MKT to a key chain (written to the configuration file unless runtime: true; secret_hex: the master key, never answered or logged; key_file: the absolute path it came from, written as key-file)",
                                            arguments: KeyRequests.addArguments) { [unowned self] req, w in
             try changeKeys(req, &w)
         })
-        dispatcher.register(ControlCommand("key-remove", summary: "remove an MKT from a key chain (runtime only; refused while connections use it)",
+        dispatcher.register(ControlCommand("key-remove", summary: "remove an MKT from a key chain (written to the file unless runtime: true; refused while connections use it)",
                                            arguments: KeyRequests.keyArguments) { [unowned self] req, w in
             try changeKeys(req, &w)
         })
-        dispatcher.register(ControlCommand("key-prefer", summary: "make an MKT the one new segments are sent with (runtime only)",
+        dispatcher.register(ControlCommand("key-prefer", summary: "make an MKT the one new segments are sent with (written to the file unless runtime: true)",
                                            arguments: KeyRequests.keyArguments) { [unowned self] req, w in
             try changeKeys(req, &w)
         })
@@ -124,6 +130,11 @@ extension Daemon {
     /// never during a reload). Throws with nothing changed.
     func changeKeys(_ req: ControlRequest, _ w: inout JSONWriter) throws(ControlError) {
         let op = try KeyRequests.operation(req)
+        let runtime = try req.bool("runtime") ?? false
+        let keyFile = try req.string("key_file")
+        if let f = keyFile, !f.hasPrefix("/") {
+            throw ControlError(.badRequest, "`key_file` must be an absolute path (the file the secret was read from)")
+        }
         let r: Result<(KeyOperationResult, Int64), ControlError> = control.sync { [unowned self] in
             guard !stopping else { return .failure(ControlError(.unavailable, "tcpaod is stopping")) }
             let now = Int64(Date().timeIntervalSince1970)
@@ -146,21 +157,29 @@ extension Daemon {
                         return .failure(ControlError(.keyInUse, why))
                     }
                 }
+                if !runtime {
+                    do throws(ControlError) { try writeBack(op, res, now: now, keyFile: keyFile) } catch {
+                        log.notice("key change refused: \(op.summary): \(error.message)")
+                        return .failure(error)
+                    }
+                }
                 for d in res.warnings { log.warning("\(op.summary): \(d.path): \(d.message) (fix: \(d.fix))") }
                 workers.forEach { $0.reconfigure(res.config.engineConfig()) }
                 config = res.config
-                runtimeKeyChanges.append(op.summary)
+                if runtime { runtimeKeyChanges.append(op.summary) }
                 let changes = runtimeKeyChanges
                 published.withLock { $0.config = res.config; $0.runtimeKeyChanges = changes }
                 let chain = res.config.keyChains.first { $0.name == op.chain }
                 let pref = chain.flatMap { c in c.preferredSendKey(at: now).map { "\(c.keys[$0])" } } ?? "no key"
-                log.notice("\(op.summary) (runtime only: a reload or restart goes back to \(configPath)); chain \(op.chain) sends with \(pref)")
+                let kept = runtime ? "runtime only: a reload or restart goes back to \(configPath)" : "written to \(configPath)"
+                log.notice("\(op.summary) (\(kept)); chain \(op.chain) sends with \(pref)")
                 return .success((res, now))
             }
         }
         let (res, now) = try r.get()
         w.field("changed", res.changed)
-        w.field("runtime", true)
+        w.field("runtime", runtime)
+        if !runtime { w.field("written", configPath) }
         w.field("summary", res.changed ? op.summary : "key \(op.keyID) of chain \(op.chain) is already preferred")
         if let c = res.config.keyChains.first(where: { $0.name == op.chain }) {
             w.field("preferred_key_id", c.preferredSendKey(at: now).map { Int64(c.keys[$0].chainKeyID) }.map(JSONValue.int) ?? .null)
@@ -170,5 +189,48 @@ extension Daemon {
         w.beginArray()
         for d in res.warnings { w.string("\(d.path): \(d.message) (fix: \(d.fix))") }
         w.endArray()
+    }
+
+    /// Writes a key change into the configuration file (on the control queue, before the
+    /// workers get it): the file's text edited by `ConfigFileEdit` (comments and layout kept),
+    /// checked to load as exactly the running keys plus the change, then replaced atomically
+    /// (`ConfigFileWriter`: same mode and owner, fsync, rename; refused when the file changed
+    /// since tcpaod loaded it). Throws with nothing written.
+    func writeBack(_ op: KeyOperation, _ res: KeyOperationResult, now: Int64, keyFile: String?) throws(ControlError) {
+        let fix = "make the change with --runtime (runtime only) and edit \(configPath) by hand, or fix the file and reload (SIGHUP)"
+        guard runtimeKeyChanges.isEmpty else {
+            throw ControlError(.notWritten, "runtime-only key changes are in effect (\(runtimeKeyChanges.joined(separator: "; "))): the file no longer matches the running keys, so this change is not written; reload (SIGHUP) to go back to the file first, or use --runtime; nothing was changed")
+        }
+        guard let text = configText else {
+            throw ControlError(.notWritten, "\(configPath) could not be read when it was loaded; nothing was changed (fix: \(fix))")
+        }
+        let source: SecretSource? = if case .add = op { keyFile.map(SecretSource.keyFile) ?? .hexadecimalString } else { nil }
+        let edited: String
+        switch ConfigFileEdit.apply(op, to: text, now: now, secretSource: source) {
+        case .success(let t): edited = t
+        case .failure(let e):
+            let code: ControlError.Code = switch e.kind {
+            case .unknownChain: .unknownChain
+            case .unknownKey: .unknownKey
+            default: .notWritten
+            }
+            throw ControlError(code, "\(configPath)\(e.line > 0 ? ":\(e.line)" : ""): \(e.message); nothing was changed (fix: \(e.fix))")
+        }
+        // The edited file must load (key files read) as the running configuration with the change.
+        let (parsed, diags) = ConfigLoader.parse(edited, file: configPath, now: now, previous: config)
+        guard let parsed else {
+            let first = diags.errors.first.map(\.description) ?? "?"
+            throw ControlError(.notWritten, "the edited \(configPath) would not load (\(first)); nothing was changed (fix: \(fix))")
+        }
+        let diff = ConfigFileEdit.keyChainDifferences(parsed, res.config)
+        guard diff.isEmpty else {
+            throw ControlError(.notWritten, "\(configPath) does not hold the running keys (\(diff.prefix(3).joined(separator: "; "))): it changed since tcpaod loaded it; nothing was changed (fix: reload first (SIGHUP), or use --runtime)")
+        }
+        do throws(ConfigWriteError) {
+            try ConfigFileWriter.atomicWrite(path: configPath, text: edited, expected: text, holdsSecrets: source == .hexadecimalString)
+        } catch {
+            throw ControlError(.notWritten, "\(error.message); nothing was changed (fix: \(error.fix))")
+        }
+        configText = edited
     }
 }

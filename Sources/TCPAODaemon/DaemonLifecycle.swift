@@ -65,6 +65,9 @@ public final class Daemon: @unchecked Sendable {
     /// Key changes made over the control socket since the file was loaded; a successful reload
     /// replaces them with the file's keys (logged), a failed one keeps them.
     var runtimeKeyChanges: [String] = []
+    /// The configuration file's text as last loaded (start, reload) or written back by a key
+    /// change: what the next write-back edits, and what the file must still hold then.
+    var configText: String?
 
     public init(configPath: String, config: Configuration, manageRules: Bool, onExit: ExitPolicy? = nil,
                 instance: String? = nil, log: Logger) {
@@ -87,6 +90,9 @@ public final class Daemon: @unchecked Sendable {
     /// Throws with nothing left behind (no rules, no bound queue) when any step fails.
     public func start() throws {
         let engineConfig = config.engineConfig()
+        // Read again for write-back: a change in between is caught when a key change is
+        // written (the edited text must load as the running keys plus the change).
+        configText = try? ConfigFileWriter.contents(path: configPath)
         // Decided before the workers exist: each worker of a conntrack-backed daemon opens its
         // own ctnetlink socket for its flows' labels.
         resolveFlowState()
@@ -174,7 +180,7 @@ public final class Daemon: @unchecked Sendable {
     func reload() {
         SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(DispatchTime.now().uptimeNanoseconds / 1000)")
         defer { SystemdNotify.send("READY=1") }
-        let (newConfig, diags) = ConfigLoader.load(path: configPath, now: Int64(Date().timeIntervalSince1970), previous: config)
+        let (newConfig, diags, text) = ConfigLoader.loadKeepingText(path: configPath, now: Int64(Date().timeIntervalSince1970), previous: config)
         for d in diags { if d.severity == .error { log.error("\(d.description)") } else { log.warning("\(d.description)") } }
         guard var c = newConfig else {
             log.error("reload of \(configPath) failed (\(diags.errors.count) error(s)); still running with the previous configuration")
@@ -221,6 +227,7 @@ public final class Daemon: @unchecked Sendable {
             runtimeKeyChanges = []
         }
         config = c
+        configText = text
         reloads += 1
         let now = Int64(Date().timeIntervalSince1970)
         publish(loadedAt: now)

@@ -7,17 +7,19 @@ import TCPAODaemon
 // `tcpaod key add|remove|prefer`: runtime MKT management over the control socket (commands
 // key-add, key-remove, key-prefer). The daemon checks each change with the configuration's
 // rules and applies it to every worker at once; a refused change changes nothing (exit 1).
-// Changes are runtime only: the configuration file is not written, and a reload (SIGHUP) or a
-// restart goes back to it. The secret comes from a key file or stdin, never the command line.
+// Changes are written back to the configuration file (comments kept) unless --runtime: then a
+// reload (SIGHUP) or a restart goes back to the file. The secret comes from a key file or stdin,
+// never the command line.
 
 struct Key: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Add, prefer or remove MKTs of the running daemon's key chains (runtime only).",
+        abstract: "Add, prefer or remove MKTs of the running daemon's key chains.",
         discussion: """
         Each change is checked like the configuration file (tcpaod check) and applied to every queue at once; \
-        a refused change says why and changes nothing (exit 1). Changes are runtime only: the configuration \
-        file is not written, and a reload (SIGHUP, systemctl reload) or a restart goes back to the file's keys \
-        (the daemon logs the runtime changes it discards). Put the keys in the file too to keep them. \
+        a refused change says why and changes nothing (exit 1). Each change is also written to the daemon's \
+        configuration file (atomically, its comments, layout and mode kept; refused when the file changed since \
+        it was loaded). With --runtime it is not: a reload (SIGHUP, systemctl reload) or a restart then goes back \
+        to the file's keys (the daemon logs the runtime changes it discards). \
         A hitless rollover, on both ends: `key add` (the new key is accepted, the old one still sends), then \
         `key prefer` (new connections and, as the peer asks for it with RNextKeyID, existing ones move to it), \
         then, once `tcpaod flows` shows no connection on the old key, `key remove`.
@@ -50,7 +52,7 @@ struct KeyAdd: ParsableCommand {
     @Option(help: ArgumentHelp("The send lifetime (default: always).", valueName: "START..END")) var sendLifetime: String?
     @Option(help: ArgumentHelp("The accept lifetime (default: always).", valueName: "START..END")) var acceptLifetime: String?
     @Flag(help: "Make it the preferred key at once.") var prefer = false
-    @Flag(help: "Runtime only (the default and, for now, the only mode: the file is not written).") var runtime = false
+    @Flag(help: "Runtime only: do not write the change to the configuration file.") var runtime = false
 
     func validate() throws {
         guard (keyFile != nil) != hexStdin else { throw ValidationError("give exactly one of --key-file FILE and --hex-stdin") }
@@ -103,6 +105,9 @@ struct KeyAdd: ParsableCommand {
         if let s = sendLifetime { args["send_lifetime"] = try KeyAdd.lifetime(s, "--send-lifetime") }
         if let s = acceptLifetime { args["accept_lifetime"] = try KeyAdd.lifetime(s, "--accept-lifetime") }
         args["secret_hex"] = .string(try secretHex())
+        // Written back as `key-file: PATH`: the daemon reads the same file at its next load.
+        if let keyFile, !runtime { args["key_file"] = .string(URL(fileURLWithPath: keyFile).standardizedFileURL.resolvingSymlinksInPath().path) }
+        args["runtime"] = .bool(runtime)
         try report(options, ControlRequest(command: "key-add", arguments: args))
     }
 }
@@ -119,10 +124,10 @@ struct KeyPrefer: ParsableCommand {
     @OptionGroup var options: ControlOptions
     @Option(help: "The key chain.") var chain: String
     @Option(help: "The key's key-id.") var keyId: Int
-    @Flag(help: "Runtime only (the default and, for now, the only mode).") var runtime = false
+    @Flag(help: "Runtime only: do not write the change to the configuration file.") var runtime = false
 
     func run() throws {
-        try report(options, ControlRequest(command: "key-prefer", arguments: ["chain": .string(chain), "key_id": .int(Int64(keyId))]))
+        try report(options, ControlRequest(command: "key-prefer", arguments: ["chain": .string(chain), "key_id": .int(Int64(keyId)), "runtime": .bool(runtime)]))
     }
 }
 
@@ -138,10 +143,10 @@ struct KeyRemove: ParsableCommand {
     @OptionGroup var options: ControlOptions
     @Option(help: "The key chain.") var chain: String
     @Option(help: "The key's key-id.") var keyId: Int
-    @Flag(help: "Runtime only (the default and, for now, the only mode).") var runtime = false
+    @Flag(help: "Runtime only: do not write the change to the configuration file.") var runtime = false
 
     func run() throws {
-        try report(options, ControlRequest(command: "key-remove", arguments: ["chain": .string(chain), "key_id": .int(Int64(keyId))]))
+        try report(options, ControlRequest(command: "key-remove", arguments: ["chain": .string(chain), "key_id": .int(Int64(keyId)), "runtime": .bool(runtime)]))
     }
 }
 
@@ -153,6 +158,7 @@ private func report(_ options: ControlOptions, _ request: ControlRequest) throws
     let pref = v["preferred_key_id"]?.int.map { "key \($0)" } ?? "no key"
     let rnext = v["rnext_key_id"]?.int.map(String.init) ?? "-"
     let what = v["summary"]?.string ?? "?"
-    print(v["changed"]?.bool == true ? "\(what) (runtime only: a reload or restart goes back to the configuration file); the chain sends with \(pref), RNextKeyID \(rnext)"
+    let kept = v["written"]?.string.map { "written to \($0)" } ?? "runtime only: a reload or restart goes back to the configuration file"
+    print(v["changed"]?.bool == true ? "\(what) (\(kept)); the chain sends with \(pref), RNextKeyID \(rnext)"
                                      : "\(what): nothing changed; the chain sends with \(pref), RNextKeyID \(rnext)")
 }

@@ -1592,13 +1592,15 @@ def control_socket_status_flows_keys():
 
 @test
 def runtime_key_management():
-    """Runtime MKT management (`tcpaod key add|prefer|remove`, runtime only) while a bulk
-    transfer and an interactive session run from A to B: key 2 added on both ends (the KeyID on
-    the wire stays 1), preferred on both (it moves to 2 in both directions, verified in a
-    capture), key 1 removed on both; the connections stay up and nothing is dropped. Bad
-    requests (unknown chain, empty or world-readable key, duplicate SendID, removing the last
-    key or the key in use) are refused with the reason and change nothing (`keys --json`).
-    SIGHUP: the file's keys replace the runtime changes (logged)."""
+    """Runtime MKT management (`tcpaod key add|prefer|remove`) while a bulk transfer and an
+    interactive session run from A to B: key 2 added on both ends (the KeyID on the wire stays
+    1), preferred on both (it moves to 2 in both directions, verified in a capture; each
+    connection's move logged), key 1 removed on both; the connections stay up and nothing is
+    dropped. A writes each change back to its configuration file (comments and mode kept, the
+    key as key-file); B's are runtime only (--runtime). Bad requests (unknown chain, empty or
+    world-readable key, duplicate SendID, removing the last key or the key in use) are refused
+    with the reason and change nothing (`keys --json`, A's file). SIGHUP: A's file already holds
+    its keys; B's file's keys replace its runtime changes (logged)."""
     import socket as sk
     topo = Topology()
     insts = {"a": "%s-rk-a" % TAG, "b": "%s-rk-b" % TAG}
@@ -1610,11 +1612,19 @@ def runtime_key_management():
         k2 = key_yaml(2, 2, 2, "aes-128-cmac-96", secret2)
         ca = write_config("rk-a", [("b", "192.0.2.2/32", None)], [k1], extra="instance: %s\n" % insts["a"])
         cb = write_config("rk-b", [("a", "192.0.2.1/32", None)], [k1], extra="instance: %s\n" % insts["b"])
+        note = "# the operator's note: a write-back keeps this line\n"
+        with open(ca) as f:
+            text = f.read()
+        with open(ca, "w") as f:
+            f.write(note + text)
+        os.chmod(ca, 0o640)
         da, db = Daemon(a, ca, "rk-a"), Daemon(b, cb, "rk-b")
         wait_for(lambda: all(os.path.exists(d + "/control.sock") for d in dirs), "both control sockets")
 
         def ctl(side, *args, rc=0, stdin=None):
-            r = sh([TCPAOD] + list(args) + ["--instance", insts[side]], check_rc=False, input=stdin)
+            # B's key changes are runtime only; A's are written back to its file.
+            more = ["--runtime"] if side == "b" and args[0] == "key" else []
+            r = sh([TCPAOD] + list(args) + more + ["--instance", insts[side]], check_rc=False, input=stdin)
             check(r.returncode == rc, "tcpaod %s (%s): exit %d (expected %d): %s%s" % (" ".join(args), side, r.returncode, rc, r.stdout, r.stderr))
             out = r.stdout + r.stderr
             check(SECRET not in out and secret2 not in out and secret2.encode().hex() not in out, "a secret in the output of tcpaod %s" % " ".join(args))
@@ -1665,13 +1675,15 @@ def runtime_key_management():
         c.close()
         check(v["ok"] is False and v["code"] == "invalid-key" and "the secret is empty" in v["error"], "raw empty secret: %s" % v)
         check(keys("a") == before, "a refused request changed the keys: %s -> %s" % (before, keys("a")))
+        with open(ca) as f:
+            check(f.read() == note + text, "a refused request changed A's configuration file")
 
         # Add key 2 on both ends (B from stdin, A from a key file): accepted, not yet sending.
         r = ctl("b", *(add2 + ["--hex-stdin"]), stdin=secret2.encode().hex() + "\n")
         log("    B: " + r.stdout.strip())
         r = ctl("a", *(add2 + ["--key-file", kf]))
         log("    A: " + r.stdout.strip())
-        check("added to chain k" in r.stdout and "sends with key 1" in r.stdout, "key add: %s" % r.stdout)
+        check("added to chain k" in r.stdout and "sends with key 1" in r.stdout and "written to " + ca in r.stdout, "key add: %s" % r.stdout)
         sessions_progress(h, "key 2 was added")
         check(flow_keys("a") == [1] and flow_keys("b") == [1], "KeyIDs after the add: %s %s" % (flow_keys("a"), flow_keys("b")))
         # Key 1 is in use: its removal is refused with the reason.
@@ -1697,20 +1709,30 @@ def runtime_key_management():
             ctl(side, "key", "remove", "--chain", "k", "--key-id", "1")
         sessions_progress(h, "key 1 was removed")
         ka, changes = keys("a")
-        check([k[0] for k in ka[0][1]] == [2] and ka[0][1][0][6] and len(changes) == 3, "A's keys after the changes: %s %s" % (ka, changes))
-        log("    A's runtime changes: %s" % "; ".join(changes))
+        check([k[0] for k in ka[0][1]] == [2] and ka[0][1][0][6] and changes == [], "A's keys after the changes: %s %s" % (ka, changes))
+        kb, changes = keys("b")
+        check([k[0] for k in kb[0][1]] == [2] and kb[0][1][0][6] and len(changes) == 3, "B's keys after the changes: %s %s" % (kb, changes))
+        log("    B's runtime changes: %s" % "; ".join(changes))
+        # A's file: the note kept, the mode kept, key 1 gone, key 2 there as its key file; it
+        # checks clean and holds no secret.
+        with open(ca) as f:
+            written = f.read()
+        check(written.startswith(note) and os.stat(ca).st_mode & 0o777 == 0o640, "A's file lost its comment or mode: %o\n%s" % (os.stat(ca).st_mode, written))
+        check("key-file: " + kf in written and "key-id: 1\n" not in written and secret2 not in written, "A's file after the changes:\n" + written)
+        r = sh([TCPAOD, "check", "--config", ca], check_rc=False)
+        check(r.returncode == 0, "tcpaod check of the written file: %s%s" % (r.stdout, r.stderr))
+        log("    A's file after add, prefer, remove: %d lines, the comment kept, key 2 as key-file" % written.count("\n"))
 
-        # SIGHUP: the file wins. (The operator put key 2 in the files too: key 1 comes back, key 2
-        # stays preferred, being listed last.)
-        write_config("rk-a", [("b", "192.0.2.2/32", None)], [k1, k2], extra="instance: %s\n" % insts["a"])
+        # SIGHUP: the file wins. A's holds its keys already; B's operator put key 2 in the file
+        # too (key 1 comes back, key 2 stays preferred, being listed last).
         write_config("rk-b", [("a", "192.0.2.1/32", None)], [k1, k2], extra="instance: %s\n" % insts["b"])
         for d in (db, da):
             d.hup()
             wait_for(lambda: "configuration reloaded" in d.log(), "the reload of %s" % d.name)
-        for side, d in (("a", da), ("b", db)):
+        for side, d, ids, replaced in (("a", da, [2], False), ("b", db, [1, 2], True)):
             kk, changes = keys(side)
-            check([k[0] for k in kk[0][1]] == [1, 2] and changes == [], "%s's keys after SIGHUP: %s %s" % (side, kk, changes))
-            check("replace 3 runtime key change(s)" in d.log(), "%s: the discarded runtime changes are not logged" % side)
+            check([k[0] for k in kk[0][1]] == ids and changes == [], "%s's keys after SIGHUP: %s %s" % (side, kk, changes))
+            check(("replace 3 runtime key change(s)" in d.log()) == replaced, "%s: the runtime changes replaced by the reload: %s" % (side, replaced))
         sessions_progress(h, "the reload")
         check(flow_keys("a") == [2] and flow_keys("b") == [2], "KeyIDs after the reload: %s %s" % (flow_keys("a"), flow_keys("b")))
         total = finish_sessions(h)
