@@ -95,6 +95,7 @@ public struct AOEngine: ~Copyable {
             let k = table.entries[i].key
             if let p = new.peerIndex(remote: k.remote, ports: k.localPort, k.remotePort) {
                 table.entries[i].peer = Int32(p)
+                table.entries[i].connectionKey?.rebase(new.peers[p].keyChain)
             } else {
                 removeFlow(at: i)
             }
@@ -188,7 +189,7 @@ public struct AOEngine: ~Copyable {
             created = true
         }
         let i = found.unsafelyUnwrapped
-        let chain = config.peers[peer].keyChain
+        let chain = flowChain(i, peer: peer)
         let before = table.entries[i].state
         let decision = table.entries[i].state.planEgress(seg, chain: chain, wall: clock.wall, mono: clock.mono)
         noteTransition(i, from: before)
@@ -232,7 +233,7 @@ public struct AOEngine: ~Copyable {
             AOMAC.sign(p, s, key: table.entries[i].send!, sne: plan.sne, includeOptions: includeOptions)
         }
         counters.bump(.signed, peer: peer)
-        counters.bump(.signed, peer: peer, key: plan.mkt)
+        if isConfiguredKey(plan.mkt, peer: peer) { counters.bump(.signed, peer: peer, key: plan.mkt) }
         table.entries[i].signed &+= 1
         persist(i, peer: peer, now: clock.mono)
         return .acceptModified(length: s.length)
@@ -241,10 +242,10 @@ public struct AOEngine: ~Copyable {
     // MARK: ingress: verify and strip (RFC 5925 7.5)
 
     mutating func ingress(_ p: UnsafeMutableRawPointer, _ seg: TCPSegment, peer: Int, mtu: Int, clock: EngineClock) -> Verdict {
-        let chain = config.peers[peer].keyChain
         let key = FlowKey(local: seg.dst, remote: seg.src, localPort: seg.dstPort, remotePort: seg.srcPort)
         let h = table.hash(key)
         let found = table.find(key, hash: h)
+        let chain = found.map { flowChain($0, peer: peer) } ?? config.peers[peer].keyChain
         guard seg.hasAO else {
             // No TCP-AO from a peer that has keys: dropped, unless the peer is being migrated.
             guard config.peers[peer].acceptKeyMismatch else {
@@ -328,7 +329,7 @@ public struct AOEngine: ~Copyable {
             fresh = consume k
         }
         guard ok else {
-            counters.bump(.badMAC, peer: peer, key: plan.mkt)
+            if isConfiguredKey(plan.mkt, peer: peer) { counters.bump(.badMAC, peer: peer, key: plan.mkt) }
             if restored { counters.bump(.restoreFailed, peer: peer) }
             if let i = found { table.entries[i].dropped &+= 1 }
             return dropped(.badMAC, peer: peer)
@@ -353,7 +354,8 @@ public struct AOEngine: ~Copyable {
             table.entries[i].recvAlgorithm = alg
         }
         counters.bump(.verified, peer: peer)
-        counters.bump(.verified, peer: peer, key: plan.mkt)
+        if isConfiguredKey(plan.mkt, peer: peer) { counters.bump(.verified, peer: peer, key: plan.mkt) }
+        noteConnectionKeyUse(i, key: plan.mkt, peer: peer)
         table.entries[i].verified &+= 1
         // 7.5: "remove TCP-AO from the segment" before TCP sees it.
         let s = AOOption.strip(p, seg)
@@ -477,6 +479,7 @@ public struct AOEngine: ~Copyable {
         // New ISNs (the 4-tuple was reused by a new connection): cached traffic keys are stale.
         if b.localISN != after.localISN || b.remoteISN != after.remoteISN {
             table.entries[i].dropKeys()
+            table.entries[i].connectionKey = nil // it belonged to the previous connection
         }
         if b.currentSendID != after.currentSendID || b.lastRecvKeyID != after.lastRecvKeyID || b.peerRNextKeyID != after.peerRNextKeyID {
             keyEvents.note(table.entries[i].key, peer: table.entries[i].peer, before: b, after: after)

@@ -28,11 +28,14 @@ public struct FlowInfo: Sendable, Equatable {
     public var dropped: UInt64
     /// Its state has been written to the conntrack label (flow-state: conntrack).
     public var labelSaved: Bool
+    /// The connection's own MKT, if an agent installed one (`installConnectionKey`).
+    public var connectionKey: ConnectionKeyInfo?
 
     public init(key: FlowKey, peer: Int, phase: FlowState.Phase, createdAt: UInt32, lastSeen: UInt32,
                 localISN: UInt32? = nil, remoteISN: UInt32? = nil, sendSNE: UInt32 = 0, recvSNE: UInt32 = 0,
                 currentSendID: UInt8? = nil, peerRNextKeyID: UInt8? = nil, lastRecvKeyID: UInt8? = nil,
-                signed: UInt64 = 0, verified: UInt64 = 0, dropped: UInt64 = 0, labelSaved: Bool = false) {
+                signed: UInt64 = 0, verified: UInt64 = 0, dropped: UInt64 = 0, labelSaved: Bool = false,
+                connectionKey: ConnectionKeyInfo? = nil) {
         self.key = key
         self.peer = peer
         self.phase = phase
@@ -49,6 +52,7 @@ public struct FlowInfo: Sendable, Equatable {
         self.verified = verified
         self.dropped = dropped
         self.labelSaved = labelSaved
+        self.connectionKey = connectionKey
     }
 }
 
@@ -86,7 +90,10 @@ extension AOEngine {
                         localISN: st.localISN, remoteISN: st.remoteISN, sendSNE: st.sendSNE.sne, recvSNE: st.recvSNE.sne,
                         currentSendID: st.currentSendID, peerRNextKeyID: st.peerRNextKeyID, lastRecvKeyID: st.lastRecvKeyID,
                         signed: table.entries[i].signed, verified: table.entries[i].verified, dropped: table.entries[i].dropped,
-                        labelSaved: table.entries[i].savedLabel != nil))
+                        labelSaved: table.entries[i].savedLabel != nil,
+                        connectionKey: table.entries[i].connectionKey.map {
+                            ConnectionKeyInfo(sendID: $0.mkt.sendID, recvID: $0.mkt.recvID, algorithm: $0.mkt.algorithm, exclusive: $0.exclusive)
+                        }))
                 }
             }
             i += 1

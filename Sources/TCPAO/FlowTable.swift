@@ -29,6 +29,9 @@ struct FlowEntry: ~Copyable {
     var signed: UInt64 = 0
     var verified: UInt64 = 0
     var dropped: UInt64 = 0
+    /// The connection's own MKT, when an agent installed one (`installConnectionKey`); one
+    /// reference, so flows without one pay 8 bytes.
+    var connectionKey: ConnectionKey? = nil
 
     init(key: FlowKey, hash: UInt32, peer: Int, state: FlowState) {
         self.key = key

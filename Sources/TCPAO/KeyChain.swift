@@ -80,10 +80,14 @@ public struct MKT: Sendable, CustomStringConvertible {
 public final class KeyChain: Sendable {
     public let name: String
     public let keys: [MKT]
+    /// A connection's own MKT (`AOEngine.installConnectionKey`): preferred whenever it may send,
+    /// whatever the others' lifetimes. Nil for the configuration's chains.
+    public let pinned: Int?
 
-    public init(name: String, keys: [MKT]) {
+    public init(name: String, keys: [MKT], pinned: Int? = nil) {
         self.name = name
         self.keys = keys
+        self.pinned = pinned
     }
 
     /// The same chain, where each key that is `sameKey` as one of `previous` (the keys of the
@@ -103,6 +107,7 @@ public final class KeyChain: Sendable {
     /// listed last. Nil when no key may be sent with.
     /// With `fitting` > 0, only keys whose option (padded) is at most that long are considered.
     public func preferredSendKey(at now: Int64, fitting room: Int = 0) -> Int? {
+        if let p = pinned, keys[p].sendLifetime.contains(now), room == 0 || keys[p].algorithm.alignedOptionLength <= room { return p }
         var best: Int? = nil
         for i in keys.indices where keys[i].sendLifetime.contains(now) {
             if room > 0 && keys[i].algorithm.alignedOptionLength > room { continue }

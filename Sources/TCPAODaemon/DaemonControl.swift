@@ -335,6 +335,16 @@ public enum ControlViews {
         w.field("verified", f.verified)
         w.field("dropped", f.dropped)
         w.field("label_saved", f.labelSaved)
+        if let c = f.connectionKey {
+            // The connection's own MKT (key-add with `connection`); never its secret.
+            w.key("connection_key")
+            w.beginObject()
+            w.field("send_id", Int(c.sendID))
+            w.field("recv_id", Int(c.recvID))
+            w.field("algorithm", "\(c.algorithm)")
+            w.field("exclusive", c.exclusive)
+            w.endObject()
+        }
         w.field("queue", queue)
         w.endObject()
     }

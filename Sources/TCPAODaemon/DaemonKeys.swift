@@ -45,18 +45,7 @@ public enum KeyRequests {
         }
         guard let send = try req.int("send_id", 0...255) else { throw ControlError(.badRequest, "`send_id` is missing: the TCP-AO KeyID we send with (0-255)") }
         guard let recv = try req.int("recv_id", 0...255) else { throw ControlError(.badRequest, "`recv_id` is missing: the TCP-AO KeyID we receive with (0-255)") }
-        guard let name = try req.string("algorithm") else {
-            throw ControlError(.badRequest, "`algorithm` is missing; one of: \(AOAlgorithm.byName.map(\.0).joined(separator: ", "))")
-        }
-        guard var alg = AOAlgorithm(name: name) else {
-            throw ControlError(.badRequest, "`\(name)` is not a supported algorithm; one of: \(AOAlgorithm.byName.map(\.0).joined(separator: ", "))")
-        }
-        if let m = try req.int("mac_length", 4...64) {
-            guard m <= alg.kind.outputLength else {
-                throw ControlError(.badRequest, "`mac_length` \(m) is longer than \(alg)'s output (\(alg.kind.outputLength) bytes)")
-            }
-            alg = AOAlgorithm(kind: alg.kind, macLength: m)
-        }
+        let alg = try algorithm(req)
         guard let hex = try req.string("secret_hex") else {
             throw ControlError(.badRequest, "`secret_hex` is missing: the master key, hexadecimal")
         }
@@ -69,6 +58,23 @@ public enum KeyRequests {
                          sendLifetime: try lifetime(req, "send_lifetime"), acceptLifetime: try lifetime(req, "accept_lifetime"),
                          secret: Secret(bytes))
         return .add(chain: chain, key: key, prefer: try req.bool("prefer") ?? false)
+    }
+
+    /// `algorithm` and the optional `mac_length`.
+    static func algorithm(_ req: ControlRequest) throws(ControlError) -> AOAlgorithm {
+        guard let name = try req.string("algorithm") else {
+            throw ControlError(.badRequest, "`algorithm` is missing; one of: \(AOAlgorithm.byName.map(\.0).joined(separator: ", "))")
+        }
+        guard var alg = AOAlgorithm(name: name) else {
+            throw ControlError(.badRequest, "`\(name)` is not a supported algorithm; one of: \(AOAlgorithm.byName.map(\.0).joined(separator: ", "))")
+        }
+        if let m = try req.int("mac_length", 4...64) {
+            guard m <= alg.kind.outputLength else {
+                throw ControlError(.badRequest, "`mac_length` \(m) is longer than \(alg)'s output (\(alg.kind.outputLength) bytes)")
+            }
+            alg = AOAlgorithm(kind: alg.kind, macLength: m)
+        }
+        return alg
     }
 
     /// {"start": seconds|null, "end": seconds|null} (null or absent: no bound), as `keys` shows.
@@ -113,8 +119,8 @@ public enum KeyRequests {
 extension Daemon {
     func registerKeyCommands() {
         dispatcher.register(ControlCommand("key-add", summary: "add an MKT to a key chain (written to the configuration file unless runtime: true; secret_hex: the master key, never answered or logged; key_file: the absolute path it came from, written as key-file)",
-                                           arguments: KeyRequests.addArguments) { [unowned self] req, w in
-            try changeKeys(req, &w)
+                                           arguments: KeyRequests.addArguments + ["connection"]) { [unowned self] req, w in
+            if req.arguments["connection"] != nil { try addConnectionKey(req, &w) } else { try changeKeys(req, &w) }
         })
         dispatcher.register(ControlCommand("key-remove", summary: "remove an MKT from a key chain (written to the file unless runtime: true; refused while connections use it)",
                                            arguments: KeyRequests.keyArguments) { [unowned self] req, w in
@@ -232,5 +238,99 @@ extension Daemon {
             throw ControlError(.notWritten, "\(error.message); nothing was changed (fix: \(error.fix))")
         }
         configText = edited
+    }
+
+    /// `key-add` with `connection`: an MKT for that one connection (`AOEngine.installConnectionKey`),
+    /// asked of every worker (the one holding the connection installs it). Runtime only: it is
+    /// forgotten with the connection.
+    func addConnectionKey(_ req: ControlRequest, _ w: inout JSONWriter) throws(ControlError) {
+        let (flow, mkt) = try KeyRequests.connectionKey(req)
+        guard config.peers.contains(where: { $0.prefix.contains(flow.remote) }) else {
+            throw ControlError(.unknownConnection, "\(flow.remote) is in no peer's prefix: connection \(flow) is not protected by tcpaod (`remote` is the far end; in gateway mode `local` is the protected host)")
+        }
+        let wall = Int64(Date().timeIntervalSince1970)
+        let answers = workers.map { $0.installConnectionKey(flow, mkt, wall: wall) }
+        let deadline = DispatchTime.now() + Daemon.queryTimeout
+        var installed = false
+        var refusal: String? = nil
+        for (i, a) in answers.enumerated() {
+            guard let r = a.wait(until: deadline) else {
+                throw ControlError(.timeout, "queue \(workers[i].socket.queue) did not answer within 10 s")
+            }
+            switch r {
+            case .installed: installed = true
+            case .refused(let why): refusal = why
+            case .notFound: break
+            }
+        }
+        if let refusal {
+            log.notice("connection key refused: \(refusal)")
+            throw ControlError(.invalidKey, refusal + "; nothing was changed")
+        }
+        guard installed else {
+            throw ControlError(.unknownConnection, "tcpaod holds no connection \(flow) (`tcpaod flows` lists them: local is this side, remote the peer); nothing was changed")
+        }
+        log.notice("connection \(flow): its own MKT installed (SendID \(mkt.sendID), RecvID \(mkt.recvID), \(mkt.algorithm)); it moves to it when the peer asks for it (RNextKeyID), then the peer's configured keys are no longer accepted on it", metadata: ["flow": "\(flow)", "event": "connection-key"])
+        w.field("changed", true)
+        w.field("runtime", true)
+        w.field("summary", "connection \(flow): MKT SendID \(mkt.sendID), RecvID \(mkt.recvID) (\(mkt.algorithm)) installed; RNextKeyID \(mkt.recvID) advertised")
+        w.key("connection")
+        w.beginObject()
+        w.field("local", flow.local.description)
+        w.field("local_port", Int(flow.localPort))
+        w.field("remote", flow.remote.description)
+        w.field("remote_port", Int(flow.remotePort))
+        w.endObject()
+        w.field("send_id", Int(mkt.sendID))
+        w.field("recv_id", Int(mkt.recvID))
+    }
+}
+
+extension KeyRequests {
+    /// The connection and its MKT of a `key-add` with `connection`:
+    ///   {"command":"key-add","connection":{"local":"192.0.2.1","local_port":40000,"remote":"192.0.2.2","remote_port":9339},
+    ///    "send_id":100,"recv_id":100,"algorithm":"hmac-sha-1-96","secret_hex":"..."}
+    /// (`local` is this side, the protected host in gateway mode; `remote` the peer.)
+    public static func connectionKey(_ req: ControlRequest) throws(ControlError) -> (FlowKey, MKT) {
+        for a in ["chain", "key_id", "prefer", "send_lifetime", "accept_lifetime", "key_file"] where req.arguments[a] != nil {
+            throw ControlError(.badRequest, "`\(a)` does not apply to a connection's MKT (it belongs to no chain, is preferred at once and lasts as long as the connection)")
+        }
+        if try req.bool("runtime") == false {
+            throw ControlError(.badRequest, "a connection's MKT is runtime only (it is forgotten with the connection): leave `runtime` out")
+        }
+        guard case .object(let o)? = req.arguments["connection"] else {
+            throw ControlError(.badRequest, "`connection` must be an object {\"local\": address, \"local_port\": n, \"remote\": address, \"remote_port\": n}")
+        }
+        func address(_ n: String) throws(ControlError) -> IPAddress {
+            guard let s = o.dictionary[n]?.string, let a = IPAddress(s) else {
+                throw ControlError(.badRequest, "`connection.\(n)` must be an IPv4 or IPv6 address")
+            }
+            return a
+        }
+        func port(_ n: String) throws(ControlError) -> UInt16 {
+            guard let v = o.dictionary[n]?.int, (1...65535).contains(v) else { throw ControlError(.badRequest, "`connection.\(n)` must be a port, 1-65535") }
+            return UInt16(v)
+        }
+        for k in o.dictionary.keys where !["local", "local_port", "remote", "remote_port"].contains(k) {
+            throw ControlError(.badRequest, "`connection` has no member `\(k)` (it has local, local_port, remote, remote_port)")
+        }
+        let flow = FlowKey(local: try address("local"), remote: try address("remote"), localPort: try port("local_port"), remotePort: try port("remote_port"))
+        guard flow.local.isV6 == flow.remote.isV6 else { throw ControlError(.badRequest, "`connection.local` and `remote` are of different families") }
+        guard let send = try req.int("send_id", 0...255) else { throw ControlError(.badRequest, "`send_id` is missing: the TCP-AO KeyID we send with (0-255)") }
+        guard let recv = try req.int("recv_id", 0...255) else { throw ControlError(.badRequest, "`recv_id` is missing: the TCP-AO KeyID we receive with (0-255)") }
+        let alg = try algorithm(req)
+        guard let hex = try req.string("secret_hex") else {
+            throw ControlError(.badRequest, "`secret_hex` is missing: the master key, hexadecimal")
+        }
+        guard var bytes = [UInt8](hex: hex) else {
+            throw ControlError(.badRequest, "`secret_hex` is not an even number of hexadecimal digits")
+        }
+        defer { for i in bytes.indices { bytes[i] = 0 } }
+        guard !bytes.isEmpty else {
+            throw ControlError(.invalidKey, "the secret is empty: a TCP-AO master key needs at least 1 byte, or anyone can compute the MAC")
+        }
+        let mkt = MKT(chainKeyID: 0, sendID: UInt8(send), recvID: UInt8(recv), algorithm: alg,
+                      includeOptions: try req.bool("include_options") ?? true, secret: Secret(bytes))
+        return (flow, mkt)
     }
 }

@@ -423,6 +423,15 @@ final class Worker: @unchecked Sendable {
         return result
     }
 
+    /// Installs a connection's own MKT if this worker holds the connection (on its thread,
+    /// between batches); the answer arrives through the handle.
+    func installConnectionKey(_ key: FlowKey, _ mkt: MKT, wall: Int64) -> Pending<ConnectionKeyResult> {
+        let p = Pending<ConnectionKeyResult>()
+        if stopped { p.fulfil(.notFound); return p }
+        mailbox.post { [self] in p.fulfil(engine.pointee.installConnectionKey(key, mkt, wall: wall)) }
+        return p
+    }
+
     /// The counters, taken on the worker's thread; the answer arrives through the handle.
     func requestSnapshot() -> Pending<(CounterSnapshot, IOStats)> {
         let p = Pending<(CounterSnapshot, IOStats)>()

@@ -40,8 +40,9 @@ struct KeyAdd: ParsableCommand {
         """)
 
     @OptionGroup var options: ControlOptions
-    @Option(help: "The key chain (its name in the configuration).") var chain: String
-    @Option(help: "The key's key-id in its chain.") var keyId: Int
+    @Option(help: "The key chain (its name in the configuration).") var chain: String?
+    @Option(help: "The key's key-id in its chain.") var keyId: Int?
+    @Option(help: ArgumentHelp("Install the MKT for this one connection instead of a chain (runtime only, forgotten with the connection): this side's address and port, then the peer's; IPv6 in brackets.", valueName: "LOCAL:PORT,REMOTE:PORT")) var connection: String?
     @Option(help: "SendID: the TCP-AO KeyID of segments we send with it (0-255).") var sendId: Int
     @Option(help: "RecvID: the TCP-AO KeyID of segments we receive with it (0-255).") var recvId: Int
     @Option(help: "hmac-sha-1-96, aes-128-cmac-96, hmac-sha-256-96, hmac-sha-256-128, ...") var algorithm: String
@@ -56,10 +57,36 @@ struct KeyAdd: ParsableCommand {
 
     func validate() throws {
         guard (keyFile != nil) != hexStdin else { throw ValidationError("give exactly one of --key-file FILE and --hex-stdin") }
-        guard (0...Int(Int32.max)).contains(keyId) else { throw ValidationError("--key-id: use a number from 0 to \(Int32.max)") }
+        if let connection {
+            guard chain == nil, keyId == nil, !prefer, sendLifetime == nil, acceptLifetime == nil else {
+                throw ValidationError("--connection: a connection's MKT has no --chain, --key-id, --prefer or lifetimes (it is preferred at once and lasts as long as the connection)")
+            }
+            _ = try KeyAdd.connectionObject(connection)
+        } else {
+            guard chain != nil, let keyId else { throw ValidationError("give --chain and --key-id (or --connection for one connection's MKT)") }
+            guard (0...Int(Int32.max)).contains(keyId) else { throw ValidationError("--key-id: use a number from 0 to \(Int32.max)") }
+        }
         guard (0...255).contains(sendId), (0...255).contains(recvId) else { throw ValidationError("--send-id and --recv-id are TCP-AO KeyIDs: 0 to 255") }
         if let s = sendLifetime { _ = try KeyAdd.lifetime(s, "--send-lifetime") }
         if let s = acceptLifetime { _ = try KeyAdd.lifetime(s, "--accept-lifetime") }
+    }
+
+    /// LOCAL:PORT,REMOTE:PORT (IPv6 as [ADDR]:PORT) as the protocol's connection object.
+    static func connectionObject(_ s: String) throws -> JSONValue {
+        func endpoint(_ e: String) throws -> (String, Int64) {
+            let e = e.trimmingCharacters(in: .whitespaces)
+            guard let colon = e.lastIndex(of: ":"), let port = Int64(e[e.index(after: colon)...]), (1...65535).contains(port) else {
+                throw ValidationError("--connection: `\(e)` is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)")
+            }
+            var a = String(e[..<colon])
+            if a.hasPrefix("[") && a.hasSuffix("]") { a = String(a.dropFirst().dropLast()) }
+            guard IPAddress(a) != nil else { throw ValidationError("--connection: `\(a)` is not an IPv4 or IPv6 address") }
+            return (a, port)
+        }
+        let parts = s.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2 else { throw ValidationError("--connection: write LOCAL:PORT,REMOTE:PORT (this side first, as `tcpaod flows` shows it)") }
+        let (l, lp) = try endpoint(parts[0]), (r, rp) = try endpoint(parts[1])
+        return .object(JSONObject(["local": .string(l), "local_port": .int(lp), "remote": .string(r), "remote_port": .int(rp)]))
     }
 
     /// `always` or START..END (RFC 3339, either side empty) as the protocol's lifetime object.
@@ -97,8 +124,18 @@ struct KeyAdd: ParsableCommand {
     }
 
     func run() throws {
+        if let connection {
+            var args: [String: JSONValue] = [
+                "connection": try KeyAdd.connectionObject(connection), "send_id": .int(Int64(sendId)), "recv_id": .int(Int64(recvId)),
+                "algorithm": .string(algorithm), "include_options": .bool(!excludeOptions),
+            ]
+            if let macLength { args["mac_length"] = .int(Int64(macLength)) }
+            args["secret_hex"] = .string(try secretHex())
+            try report(options, ControlRequest(command: "key-add", arguments: args))
+            return
+        }
         var args: [String: JSONValue] = [
-            "chain": .string(chain), "key_id": .int(Int64(keyId)), "send_id": .int(Int64(sendId)), "recv_id": .int(Int64(recvId)),
+            "chain": .string(chain ?? ""), "key_id": .int(Int64(keyId ?? 0)), "send_id": .int(Int64(sendId)), "recv_id": .int(Int64(recvId)),
             "algorithm": .string(algorithm), "prefer": .bool(prefer), "include_options": .bool(!excludeOptions),
         ]
         if let macLength { args["mac_length"] = .int(Int64(macLength)) }
@@ -158,6 +195,10 @@ private func report(_ options: ControlOptions, _ request: ControlRequest) throws
     let pref = v["preferred_key_id"]?.int.map { "key \($0)" } ?? "no key"
     let rnext = v["rnext_key_id"]?.int.map(String.init) ?? "-"
     let what = v["summary"]?.string ?? "?"
+    if v["connection"] != nil {
+        print(v["summary"]?.string ?? "?")
+        return
+    }
     let kept = v["written"]?.string.map { "written to \($0)" } ?? "runtime only: a reload or restart goes back to the configuration file"
     print(v["changed"]?.bool == true ? "\(what) (\(kept)); the chain sends with \(pref), RNextKeyID \(rnext)"
                                      : "\(what): nothing changed; the chain sends with \(pref), RNextKeyID \(rnext)")
