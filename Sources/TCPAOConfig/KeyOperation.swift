@@ -130,6 +130,13 @@ extension Configuration {
             guard l.checkSecretLength(nk.secret.count, nil, "\(path).keys[key-id \(nk.keyID)].secret") else {
                 return .failure(KeyOperationError(kind: .invalid, diagnostics: l.diagnostics.errors))
             }
+            // The file accepts a far too short key with a warning (an existing peer's key must
+            // match); a key added at runtime is a new one, made by automation: refused.
+            if nk.secret.count < ConfigLoader.weakSecretLength {
+                return refuse("\(path).keys[key-id \(nk.keyID)].secret",
+                              "the secret is only \(nk.secret.count) byte\(nk.secret.count == 1 ? "" : "s"): a key added at runtime needs at least \(ConfigLoader.weakSecretLength) (RFC 5925 5.3 advises 12-24)",
+                              fix: "use at least 16 random bytes on both ends, e.g. `openssl rand -hex 16`")
+            }
             let k = MKT(chainKeyID: nk.keyID, sendID: nk.sendID, recvID: nk.recvID, algorithm: nk.algorithm, includeOptions: nk.includeOptions,
                         sendLifetime: send, acceptLifetime: nk.acceptLifetime, secret: nk.secret)
             if prefer { keys.append(k) } else { keys.insert(k, at: 0) }

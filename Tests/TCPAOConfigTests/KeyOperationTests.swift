@@ -114,6 +114,7 @@ import TCPAO
         refused(c, .add(chain: "k", key: Self.key(2, send: 1, recv: 2), prefer: false), "keys[new key-id 2].send-id: SendID 1 is also used")
         refused(c, .add(chain: "k", key: Self.key(2, send: 2, recv: 1), prefer: false), "RecvID 1 is also used")
         refused(c, .add(chain: "k", key: Self.key(2, bytes: 0), prefer: false), "the secret is empty")
+        refused(c, .add(chain: "k", key: Self.key(2, bytes: 4), prefer: false), "only 4 bytes: a key added at runtime needs at least 8")
         let past = Lifetime(start: Self.now - 100, end: Self.now - 10)
         refused(c, .add(chain: "k", key: Self.key(2, sendLife: past), prefer: true), "cannot be preferred")
         refused(c, .add(chain: "k", key: Self.key(2, sendLife: Lifetime(start: 10, end: 5)), prefer: false), "ends before it starts")
@@ -127,10 +128,10 @@ import TCPAO
     }
 
     @Test func warningsAreTheLoadersAndNeverShowTheSecret() throws {
-        guard case .success(let r) = try base().applying(.add(chain: "k", key: Self.key(2, bytes: 4, alg: .hmacSHA1_96), prefer: false), now: Self.now) else {
+        guard case .success(let r) = try base().applying(.add(chain: "k", key: Self.key(2, bytes: 10, alg: .hmacSHA1_96), prefer: false), now: Self.now) else {
             Issue.record("refused"); return
         }
-        #expect(r.warnings.contains { $0.message.contains("only 4 bytes") })
+        #expect(r.warnings.contains { $0.message.contains("only 10 bytes") })
         #expect(r.warnings.contains { $0.message.contains("TCP-AO options of") })
         #expect(!r.warnings.contains { $0.description.contains("BBBB") })
     }

@@ -1597,8 +1597,8 @@ def runtime_key_management():
     1), preferred on both (it moves to 2 in both directions, verified in a capture; each
     connection's move logged), key 1 removed on both; the connections stay up and nothing is
     dropped. A writes each change back to its configuration file (comments and mode kept, the
-    key as key-file); B's are runtime only (--runtime). Bad requests (unknown chain, empty or
-    world-readable key, duplicate SendID, removing the last key or the key in use) are refused
+    key as key-file); B's are runtime only (--runtime). Bad requests (unknown chain, empty, short
+    or world-readable key, duplicate SendID, removing the last key or the key in use) are refused
     with the reason and change nothing (`keys --json`, A's file). SIGHUP: A's file already holds
     its keys; B's file's keys replace its runtime changes (logged)."""
     import socket as sk
@@ -1659,6 +1659,7 @@ def runtime_key_management():
             (["key", "add", "--chain", "nope", "--key-id", "2", "--send-id", "2", "--recv-id", "2", "--algorithm", "aes-128-cmac-96", "--key-file", kf], None, "no key chain `nope`"),
             (add2 + ["--key-file", bad], None, "readable by every user"),
             (add2 + ["--hex-stdin"], "\n", "the secret is empty"),
+            (add2 + ["--hex-stdin"], "00112233\n", "a key added at runtime needs at least 8"),
             (["key", "add", "--chain", "k", "--key-id", "3", "--send-id", "1", "--recv-id", "3", "--algorithm", "hmac-sha-1-96", "--key-file", kf], None, "SendID 1 is also used"),
             (["key", "remove", "--chain", "k", "--key-id", "1"], None, "last key of chain `k`"),
             (["key", "prefer", "--chain", "k", "--key-id", "9"], None, "has no key 9"),
