@@ -181,11 +181,11 @@ final class NFQueueSocket {
     /// payload must stay where it is until `flush` (it lives in a receive slot, reused only by the
     /// next receive). Returns 0, or -errno when the batch was full and sending it failed.
     @inline(__always)
-    func addVerdict(id: UInt32, verdict v: Int32, payload pl: UnsafeRawPointer?, length: Int) -> Int {
+    func addVerdict(id: UInt32, verdict v: Int32, payload pl: UnsafeRawPointer?, length: Int, mark: UInt32? = nil) -> Int {
         var result = 0
         if txCount == slotCount { result = flush() }
         let h = hdrs + txCount * NFQueueSocket.hdrSize
-        let e = NFQCodec.encodeVerdict(into: h, queue: queue, id: id, verdict: v, payloadLength: pl != nil ? length : nil)
+        let e = NFQCodec.encodeVerdict(into: h, queue: queue, id: id, verdict: v, payloadLength: pl != nil ? length : nil, mark: mark)
         var iov = txIov + txIovs
         iov.pointee = iovec(iov_base: h, iov_len: e.headerLength)
         iov += 1

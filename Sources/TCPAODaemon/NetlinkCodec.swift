@@ -17,6 +17,7 @@ enum NF {
     static let attrInDev = UInt16(NFQA_IFINDEX_INDEV.rawValue)
     static let attrOutDev = UInt16(NFQA_IFINDEX_OUTDEV.rawValue)
     static let attrCapLen = UInt16(NFQA_CAP_LEN.rawValue)
+    static let attrMark = UInt16(NFQA_MARK.rawValue)
     static let nlaTypeMask: UInt16 = 0x3FFF // NLA_TYPE_MASK: strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
     /// NFQNL_MAX_COPY_RANGE (0xffff - NLA_HDRLEN): the largest packet a verdict can carry.
     static let maxPacket = 65531
@@ -42,6 +43,9 @@ struct QueuedPacket: Equatable {
     var capacity: Int
     /// The kernel copied less than the whole packet (NFQA_CAP_LEN): it cannot be edited.
     var truncated: Bool
+    /// skb->mark (NFQA_MARK; 0 when absent): the rules' HMARK spread sets it, the verdict
+    /// gives the packet back its own (`encodeVerdict`'s mark).
+    var mark: UInt32 = 0
 }
 
 /// What one received netlink message is, for the worker.
@@ -63,7 +67,8 @@ enum NFQMessage: Equatable {
 /// What `encodeVerdict` wrote: the header bytes, and the payload and zero padding that must
 /// follow them (sent from where they are).
 struct EncodedVerdict: Equatable {
-    /// 32 without a payload, 36 with one (the NFQA_PAYLOAD attribute header included).
+    /// 32 without a payload, 36 with one (the NFQA_PAYLOAD attribute header included); 8 more
+    /// with NFQA_MARK.
     var headerLength: Int
     /// 0 when no payload goes with the verdict.
     var payloadLength: Int
@@ -80,7 +85,7 @@ struct EncodedVerdict: Equatable {
 /// libFuzzer target Tests/Fuzz/NetlinkTarget.swift is built from it alone.
 public enum NFQCodec {
     /// The most header bytes `encodeVerdict` writes.
-    static let verdictHeaderCapacity = 40
+    static let verdictHeaderCapacity = 48
 
     /// Parses the message at `base`, of which `received` bytes arrived, in a receive slot of
     /// `slotSize` bytes (the packet may grow into the rest). Reads nothing at or past
@@ -124,8 +129,11 @@ public enum NFQCodec {
                 p.outDev = UInt32(bigEndian: base.loadUnaligned(fromByteOffset: v, as: UInt32.self))
             case NF.attrCapLen:
                 p.truncated = true
+            case NF.attrMark:
+                guard alen >= 8 else { bad = true; break walk }
+                p.mark = UInt32(bigEndian: base.loadUnaligned(fromByteOffset: v, as: UInt32.self))
             default:
-                break // attributes the data path does not use (mark, timestamp, hwaddr, ...)
+                break // attributes the data path does not use (timestamp, hwaddr, ...)
             }
             off += (alen + 3) & ~3
         }
@@ -163,17 +171,20 @@ public enum NFQCodec {
 
     /// Writes the headers of a verdict for packet `id` of queue `queue` at `h` (at least
     /// `verdictHeaderCapacity` bytes): struct nlmsghdr, struct nfgenmsg, NFQA_VERDICT_HDR and,
-    /// with `payloadLength`, the NFQA_PAYLOAD attribute header; the caller sends the payload and
-    /// the padding after them. A payload the kernel cannot take back (over NFQNL_MAX_COPY_RANGE)
-    /// turns the verdict into a DROP without payload: it is never sent.
+    /// with `mark`, NFQA_MARK (the packet's skb->mark set to it), and with `payloadLength`, the
+    /// NFQA_PAYLOAD attribute header; the caller sends the payload and the padding after them. A
+    /// payload the kernel cannot take back (over NFQNL_MAX_COPY_RANGE) turns the verdict into a
+    /// DROP without payload: it is never sent.
     @inline(__always)
-    static func encodeVerdict(into h: UnsafeMutableRawPointer, queue: UInt16, id: UInt32, verdict v: Int32, payloadLength: Int?) -> EncodedVerdict {
+    static func encodeVerdict(into h: UnsafeMutableRawPointer, queue: UInt16, id: UInt32, verdict v: Int32, payloadLength: Int?,
+                              mark: UInt32? = nil) -> EncodedVerdict {
         var length = payloadLength ?? -1
         var verdict = v
         if length > NF.maxPacket { verdict = NF.drop; length = -1 }
         let hasPayload = length >= 0
         let padded = hasPayload ? (length + 3) & ~3 : 0
-        let total = 32 + (hasPayload ? 4 + padded : 0)
+        let fixed = mark == nil ? 32 : 40
+        let total = fixed + (hasPayload ? 4 + padded : 0)
         // struct nlmsghdr: what nfq_nlmsg_put() writes for NFQNL_MSG_VERDICT.
         h.storeBytes(of: UInt32(total), toByteOffset: 0, as: UInt32.self)
         h.storeBytes(of: NF.msgVerdict, toByteOffset: 4, as: UInt16.self)
@@ -188,10 +199,16 @@ public enum NFQCodec {
         h.storeBytes(of: NF.attrVerdictHdr, toByteOffset: 22, as: UInt16.self)
         h.storeBytes(of: UInt32(bitPattern: verdict).bigEndian, toByteOffset: 24, as: UInt32.self)
         h.storeBytes(of: id.bigEndian, toByteOffset: 28, as: UInt32.self)
-        guard hasPayload else { return EncodedVerdict(headerLength: 32, payloadLength: 0, padding: 0, verdict: verdict) }
-        h.storeBytes(of: UInt16(4 + length), toByteOffset: 32, as: UInt16.self)
-        h.storeBytes(of: NF.attrPayload, toByteOffset: 34, as: UInt16.self)
-        return EncodedVerdict(headerLength: 36, payloadLength: length, padding: padded - length, verdict: verdict)
+        if let mark {
+            // NFQA_MARK: be32 (nfqnl_recv_verdict sets skb->mark from it).
+            h.storeBytes(of: UInt16(8), toByteOffset: 32, as: UInt16.self)
+            h.storeBytes(of: NF.attrMark, toByteOffset: 34, as: UInt16.self)
+            h.storeBytes(of: mark.bigEndian, toByteOffset: 36, as: UInt32.self)
+        }
+        guard hasPayload else { return EncodedVerdict(headerLength: fixed, payloadLength: 0, padding: 0, verdict: verdict) }
+        h.storeBytes(of: UInt16(4 + length), toByteOffset: fixed, as: UInt16.self)
+        h.storeBytes(of: NF.attrPayload, toByteOffset: fixed + 2, as: UInt16.self)
+        return EncodedVerdict(headerLength: fixed + 4, payloadLength: length, padding: padded - length, verdict: verdict)
     }
 
     /// The receive slot size the fuzz entry point parses into (the socket's default).

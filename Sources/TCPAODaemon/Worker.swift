@@ -137,6 +137,10 @@ final class Worker: @unchecked Sendable {
     var netlinkErrorLog = LogLimiter()
     var malformedLog = LogLimiter()
 
+    /// The marks the rules' HMARK spread gives packets that had none (`QueueSpread`): the
+    /// verdict gives them back mark 0. Nil when the rules do not spread by HMARK.
+    let spreadMarks: ClosedRange<UInt32>?
+
     /// The loopback interface's index in this network namespace (0 if none).
     let loopbackIndex = UInt32(if_nametoindex("lo"))
 
@@ -148,8 +152,9 @@ final class Worker: @unchecked Sendable {
     /// `labelOffset`: keep flow state in conntrack labels from that bit (nil: memory only).
     /// Throws when the queue cannot be bound or the conntrack socket cannot be opened.
     init(queue number: UInt16, config: EngineConfig, hostMode: Bool, synchronized: SynchronizedFlows, budget: FlowBudget,
-         labelOffset: Int? = nil, log: Logger) throws {
+         labelOffset: Int? = nil, spreadMarks: ClosedRange<UInt32>? = nil, log: Logger) throws {
         socket = try NFQueueSocket(queue: number)
+        self.spreadMarks = spreadMarks
         do { flowStore = try labelOffset.map { try ConntrackFlowStore(offset: $0) } } catch {
             socket.close()
             throw error
@@ -225,6 +230,7 @@ final class Worker: @unchecked Sendable {
         let eng = engine
         let io = self.io
         let host = hostMode
+        let marks = spreadMarks
         var total = 0
         for b in 0..<maxBatches {
             // Only the first receive may sleep; the rest take what is already queued.
@@ -283,14 +289,16 @@ final class Worker: @unchecked Sendable {
                 // Arrived on the loopback interface: sent by this host's own stack (with
                 // protect-loopback, or its own ICMP errors about segments it could not send).
                 let local = p.inDev != 0 && p.inDev == loopbackIndex
+                // The HMARK spread marked a packet that had no mark: it leaves with none again.
+                let mark: UInt32? = marks.map { $0.contains(p.mark) ? 0 : nil } ?? nil
                 switch eng.pointee.process(payload, length: p.length, capacity: p.capacity, hint: hint, mtu: mtu,
                                            fromLoopback: local, clock: clock) {
                 case .accept:
                     io.pointee.accepted &+= 1
-                    r = sock.addVerdict(id: p.id, verdict: NF.accept, payload: nil, length: 0)
+                    r = sock.addVerdict(id: p.id, verdict: NF.accept, payload: nil, length: 0, mark: mark)
                 case .acceptModified(let len):
                     io.pointee.modified &+= 1
-                    r = sock.addVerdict(id: p.id, verdict: NF.accept, payload: payload, length: len)
+                    r = sock.addVerdict(id: p.id, verdict: NF.accept, payload: payload, length: len, mark: mark)
                 case .drop:
                     io.pointee.dropped &+= 1
                     r = sock.addVerdict(id: p.id, verdict: NF.drop, payload: nil, length: 0)

@@ -69,15 +69,36 @@ func parse(_ bytes: [UInt8], received: Int? = nil, slotSize: Int = 4096) -> Pars
 }
 
 /// Encodes one verdict into a fresh buffer; returns the header bytes and the layout.
-func encode(queue: UInt16, id: UInt32, verdict: Int32, payloadLength: Int?) -> ([UInt8], EncodedVerdict) {
+func encode(queue: UInt16, id: UInt32, verdict: Int32, payloadLength: Int?, mark: UInt32? = nil) -> ([UInt8], EncodedVerdict) {
     let h = UnsafeMutableRawPointer.allocate(byteCount: NFQCodec.verdictHeaderCapacity, alignment: 8)
     defer { h.deallocate() }
     h.initializeMemory(as: UInt8.self, repeating: 0xEE, count: NFQCodec.verdictHeaderCapacity)
-    let e = NFQCodec.encodeVerdict(into: h, queue: queue, id: id, verdict: verdict, payloadLength: payloadLength)
+    let e = NFQCodec.encodeVerdict(into: h, queue: queue, id: id, verdict: verdict, payloadLength: payloadLength, mark: mark)
     return (Array(UnsafeRawBufferPointer(start: h, count: e.headerLength)), e)
 }
 
 @Suite struct NetlinkCodecTests {
+    // MARK: the packet's mark (the HMARK spread)
+
+    @Test func theMarkIsReadAndAVerdictCanSetIt() {
+        let m = Wire.packet(id: 5, payload: Wire.ipPacket, extra: Wire.attr(Wire.mark, Wire.be32(0x7441_0001)))
+        let slot = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { slot.deallocate() }
+        m.withUnsafeBytes { slot.copyMemory(from: $0.baseAddress!, byteCount: m.count) }
+        guard case .packet(let p) = NFQCodec.parseMessage(slot, received: m.count, slotSize: 4096) else { Issue.record("not a packet"); return }
+        #expect(p.mark == 0x7441_0001)
+        // A short NFQA_MARK is malformed.
+        #expect(parse(Wire.packet(id: 5, payload: Wire.ipPacket, extra: Wire.attr(Wire.mark, [1, 2]))) == .malformed(id: 5))
+        // nlmsghdr, nfgenmsg, NFQA_VERDICT_HDR, NFQA_MARK { len 8, type 3, be32 0 }, NFQA_PAYLOAD header.
+        let (h, e) = encode(queue: 7, id: 5, verdict: 1, payloadLength: 61, mark: 0)
+        #expect(e.headerLength == 44 && e.payloadLength == 61 && e.padding == 3)
+        #expect(Array(h[32..<40]) == [8, 0, 3, 0, 0, 0, 0, 0])
+        #expect(Array(h[40..<44]) == [65, 0, 10, 0])
+        #expect(h[0..<4] == [UInt8(44 + 64), 0, 0, 0][...])
+        let (h2, e2) = encode(queue: 7, id: 5, verdict: 1, payloadLength: nil, mark: 9)
+        #expect(e2.headerLength == 40 && Array(h2[32..<40]) == [8, 0, 3, 0, 0, 0, 0, 9] && h2[0] == 40)
+    }
+
     // MARK: queued packets
 
     @Test func normalPacketGivesIdHookDevicesAndPayload() {
