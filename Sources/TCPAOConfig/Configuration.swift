@@ -37,6 +37,20 @@ public enum FirewallBackend: String, Sendable, CaseIterable {
     case iptablesLegacy = "iptables-legacy"
 }
 
+/// How the rules spread connections over the queues (workers) when `threads` > 1.
+public enum QueueSpread: String, Sendable, CaseIterable {
+    /// By the two addresses only (`NFQUEUE --queue-balance`, the default): every connection
+    /// between the same two hosts lands on one queue; a fleet of peers spreads well.
+    case addresses
+    /// By connection, ports included, both directions of a connection on one queue: the kernel's
+    /// HMARK target hashes the 5-tuple symmetrically into a mark, one NFQUEUE rule per mark, so
+    /// the connections between one pair of hosts use every queue. Packets that carry a mark
+    /// already keep it and are spread by address, so a connection's packets must be marked in
+    /// both directions or in neither; tcpaod's verdict gives the others back mark 0. Falls back
+    /// to `addresses` (logged) where the kernel has no HMARK.
+    case connection
+}
+
 /// A loaded and checked configuration.
 public struct Configuration: Sendable {
     public var file: String
@@ -48,6 +62,7 @@ public struct Configuration: Sendable {
     public var queueBypass = false
     public var onExit: ExitPolicy = .removeRules
     public var flowState: FlowStateMode = .conntrack
+    public var queueSpread: QueueSpread = .addresses
     /// First of the conntrack label bits tcpaod uses (`conntrackLabelBits` of the 128).
     public var conntrackLabelOffset = 0
     /// Benchmark reference: same I/O path, no TCP-AO work.

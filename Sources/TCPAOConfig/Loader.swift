@@ -171,7 +171,7 @@ public struct ConfigLoader {
 
     // MARK: the document
 
-    static let topKeys = ["mode", "queue", "threads", "queue-bypass", "on-exit", "flow-state", "conntrack-label-offset", "passthrough", "max-flows", "idle-timeout",
+    static let topKeys = ["mode", "queue", "threads", "queue-spread", "queue-bypass", "on-exit", "flow-state", "conntrack-label-offset", "passthrough", "max-flows", "idle-timeout",
                           "handshake-timeout", "linger", "log-level", "stats-interval", "stats-file", "firewall", "protected-prefixes",
                           "protect-loopback", "instance", "metrics", "key-chains", "peers"]
 
@@ -209,6 +209,7 @@ public struct ConfigLoader {
         }
         if let n = f["on-exit"]?.value, let v = choice(n, "on-exit", ExitPolicy.self) { cfg.onExit = v }
         if let n = f["flow-state"]?.value, let v = choice(n, "flow-state", FlowStateMode.self) { cfg.flowState = v }
+        if let n = f["queue-spread"]?.value, let v = choice(n, "queue-spread", QueueSpread.self) { cfg.queueSpread = v }
         if let n = f["conntrack-label-offset"]?.value,
            let v = int(n, "conntrack-label-offset", 0...(128 - Configuration.conntrackLabelBits), what: "label bit offset (tcpaod uses \(Configuration.conntrackLabelBits) of the 128 bits)") {
             cfg.conntrackLabelOffset = v

@@ -111,14 +111,7 @@ public final class Daemon: @unchecked Sendable {
             // The queues are bound: the rules (new, or an earlier run's taken over in place)
             // have a live reader from the moment they change. See Firewall.install.
             do {
-                do {
-                    try firewall.install(RuleSet(config))
-                } catch where config.flowState == .conntrack {
-                    log.warning("flow-state: conntrack: the rules with the connlabel match were refused (\(error)); \(ConntrackRequirements.fallback)")
-                    flowStateNote = "the rules with the connlabel match were refused (\(error))"
-                    config.flowState = .memory
-                    try firewall.install(RuleSet(config))
-                }
+                try installRules()
                 rulesInstalled = true
             } catch {
                 workers.forEach { $0.socket.close() }
@@ -126,7 +119,8 @@ public final class Daemon: @unchecked Sendable {
                 throw error
             }
         }
-        workers.forEach { $0.start() }
+        let marks = RuleSet.spreadMarks(config)
+        workers.forEach { $0.spreadMarks = marks; $0.start() }
         startControl()
         startMetrics()
         publish(loadedAt: Int64(Date().timeIntervalSince1970))
@@ -137,6 +131,33 @@ public final class Daemon: @unchecked Sendable {
         SystemdNotify.send("READY=1\nSTATUS=protecting \(config.peers.count) peer(s)")
         watchdog = SystemdWatchdog(workers: workers, log: log)
         watchdog?.start()
+    }
+
+    /// Installs the rules; where the kernel refuses what an optional feature needs, without it
+    /// (logged): the HMARK spread (`queue-spread: connection` becomes `addresses`) and the
+    /// connlabel match (`flow-state: conntrack` becomes `memory`). Each tried alone first, so
+    /// that only the one the kernel lacks is given up.
+    func installRules() throws {
+        let first: any Error
+        do { return try firewall.install(RuleSet(config)) } catch { first = error }
+        let spread = RuleSet.spreadMarks(config) != nil, labels = config.flowState == .conntrack
+        var tries: [Configuration] = []
+        var c = config
+        if spread { c.queueSpread = .addresses; tries.append(c); c = config }
+        if labels { c.flowState = .memory; tries.append(c) }
+        if spread && labels { c.queueSpread = .addresses; tries.append(c) }
+        for t in tries where (try? firewall.install(RuleSet(t))) != nil {
+            if t.queueSpread != config.queueSpread {
+                log.warning("queue-spread: connection: the rules with HMARK were refused (\(first)); connections are spread over the queues by address only")
+            }
+            if t.flowState != config.flowState {
+                log.warning("flow-state: conntrack: the rules with the connlabel match were refused (\(first)); \(ConntrackRequirements.fallback)")
+                flowStateNote = "the rules with the connlabel match were refused (\(first))"
+            }
+            config = t
+            return
+        }
+        throw first
     }
 
     /// `flow-state: conntrack` where it cannot work becomes `memory`, said plainly in the log.
@@ -196,6 +217,7 @@ public final class Daemon: @unchecked Sendable {
         if c.firewall != config.firewall { restartOnly.append("firewall"); c.firewall = config.firewall }
         if c.limits.maxFlows != config.limits.maxFlows { restartOnly.append("max-flows"); c.limits.maxFlows = config.limits.maxFlows }
         if c.metrics != config.metrics { restartOnly.append("metrics"); c.metrics = config.metrics }
+        if c.queueSpread != config.queueSpread { restartOnly.append("queue-spread"); c.queueSpread = config.queueSpread }
         if c.flowState != config.flowState || c.conntrackLabelOffset != config.conntrackLabelOffset {
             // Also keeps a start-up fallback to memory (conntrack unusable) across reloads.
             if c.conntrackLabelOffset != config.conntrackLabelOffset || (c.flowState == .memory) { restartOnly.append("flow-state") }

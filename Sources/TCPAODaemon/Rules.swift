@@ -26,6 +26,24 @@ public struct RuleSet: Sendable, Equatable {
         mode == .host ? [("OUTPUT", "TCPAOD-OUT"), ("INPUT", "TCPAOD-IN")] : [("FORWARD", "TCPAOD-FWD")]
     }
     public static let allChains: [(String, String)] = chains(.host) + chains(.gateway)
+    /// The chain that spreads connections over the queues (`queue-spread: connection`), jumped
+    /// to from the peers' rules only; listed last so that it is removed after them.
+    public static let spreadChain = "TCPAOD-QUEUE"
+    /// Every tcpaod chain, in the order they are removed.
+    public static let chainNames: [String] = allChains.map(\.1) + [spreadChain]
+    /// HMARK's marks start here (`--hmark-offset`): queue i gets base + i. Unlikely to be an
+    /// operator's own mark; only packets that arrive with mark 0 get one, and tcpaod's verdict
+    /// sets it back to 0 (`Worker.spreadMarks`).
+    public static let markBase: UInt32 = 0x7441_0000
+    /// HMARK's hash seed: fixed, so that a restarted tcpaod sends each connection to the same
+    /// queue (`tcpa` in ASCII).
+    static let hashSeed: UInt32 = 0x7463_7061
+
+    /// The marks the HMARK spread gives (nil: the rules do not spread by connection).
+    public static func spreadMarks(_ cfg: Configuration) -> ClosedRange<UInt32>? {
+        guard cfg.threads > 1, cfg.queueSpread == .connection else { return nil }
+        return markBase...(markBase + UInt32(cfg.threads - 1))
+    }
 
     /// `iptables-restore --noflush` input, or nil when no peer of that family exists.
     public var v4: String?
@@ -37,9 +55,31 @@ public struct RuleSet: Sendable, Equatable {
     }
 
     static func target(_ cfg: Configuration) -> String {
+        if spreadMarks(cfg) != nil { return spreadChain }
+        return balance(cfg)
+    }
+
+    static func balance(_ cfg: Configuration) -> String {
         var t = cfg.threads == 1 ? "NFQUEUE --queue-num \(cfg.queue)" : "NFQUEUE --queue-balance \(cfg.queues.lowerBound):\(cfg.queues.upperBound)"
         if cfg.queueBypass { t += " --queue-bypass" }
         return t
+    }
+
+    /// The spread chain's rules: NFQUEUE's own balancing hashes the addresses only, so all the
+    /// connections between two hosts share a queue. HMARK (net/netfilter/xt_HMARK.c) hashes
+    /// addresses, ports and protocol, ordered so that both directions of a connection get the
+    /// same mark (for an ICMP error, the mark of the connection it quotes), and the mark picks
+    /// the queue. A packet that already has a mark keeps it (the operator's) and is balanced by
+    /// address instead.
+    static func spreadRules(_ cfg: Configuration) -> [String] {
+        guard let marks = spreadMarks(cfg) else { return [] }
+        let bypass = cfg.queueBypass ? " --queue-bypass" : ""
+        var out = ["-A \(spreadChain) -m mark ! --mark 0 -j \(balance(cfg))",
+                   "-A \(spreadChain) -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod \(cfg.threads) --hmark-offset \(marks.lowerBound) --hmark-rnd \(hashSeed)"]
+        for (i, q) in cfg.queues.enumerated() {
+            out.append("-A \(spreadChain) -m mark --mark \(marks.lowerBound + UInt32(i)) -j NFQUEUE --queue-num \(q)\(bypass)")
+        }
+        return out
     }
 
     static func safe(_ s: String) -> String {
@@ -53,6 +93,8 @@ public struct RuleSet: Sendable, Equatable {
         let chains = chains(cfg.mode)
         var out = ["*\(table)"]
         for (_, c) in chains { out.append(":\(c) - [0:0]") }
+        let spread = spreadRules(cfg)
+        if !spread.isEmpty { out.append(":\(spreadChain) - [0:0]") }
         for (builtin, c) in chains { out.append("-I \(builtin) 1 -m comment --comment \(comment) -j \(c)") }
         // The chains for the segments toward the peer (egress) and from it (ingress).
         let egress = cfg.mode == .host ? "TCPAOD-OUT" : "TCPAOD-FWD"
@@ -97,6 +139,7 @@ public struct RuleSet: Sendable, Equatable {
                 out.append("-A \(ingress)\(notInLo) \(m) -m comment --comment \"tcpaod icmp hard error\" -j \(target)")
             }
         }
+        out += spread
         out.append("COMMIT")
         return out.joined(separator: "\n") + "\n"
     }
@@ -215,6 +258,11 @@ public struct Firewall: Sendable {
             Firewall.run(t, ["-w", "-t", RuleSet.table, "-F", chain])
             Firewall.run(t, ["-w", "-t", RuleSet.table, "-X", chain])
         }
+        // The spread chain, once no chain refers to it (with chains kept, it stays if declared).
+        if !keep.contains(RuleSet.spreadChain) {
+            Firewall.run(t, ["-w", "-t", RuleSet.table, "-F", RuleSet.spreadChain])
+            Firewall.run(t, ["-w", "-t", RuleSet.table, "-X", RuleSet.spreadChain])
+        }
     }
 }
 
@@ -234,6 +282,7 @@ public struct FirewallState: Sendable, Equatable {
                 if line == "-N \(chain)" { chains.insert(chain) }
                 if line == "-A \(builtin) -m comment --comment \(RuleSet.comment) -j \(chain)" { jumps[chain, default: 0] += 1 }
             }
+            if line == "-N \(RuleSet.spreadChain)" { chains.insert(RuleSet.spreadChain) }
         }
     }
 
@@ -273,7 +322,8 @@ extension RuleSet {
     /// earlier run; or all of a family that no longer has peers): their jumps, then the chains.
     /// nil when there is nothing to remove.
     public static func cleanup(existing: FirewallState, keeping: Set<String>) -> String? {
-        let gone = allChains.filter { !keeping.contains($0.1) && existing.chains.contains($0.1) }.map(\.1)
+        // The spread chain last: the others refer to it.
+        let gone = chainNames.filter { !keeping.contains($0) && existing.chains.contains($0) }
         var out = ["*\(table)"] + gone.map { ":\($0) - [0:0]" } // flushed, so that they can be deleted
         for (builtin, chain) in allChains where !keeping.contains(chain) {
             for _ in 0..<(existing.jumps[chain] ?? 0) { out.append("-D \(builtin) \(jump(builtin, chain))") }

@@ -138,8 +138,9 @@ final class Worker: @unchecked Sendable {
     var malformedLog = LogLimiter()
 
     /// The marks the rules' HMARK spread gives packets that had none (`QueueSpread`): the
-    /// verdict gives them back mark 0. Nil when the rules do not spread by HMARK.
-    let spreadMarks: ClosedRange<UInt32>?
+    /// verdict gives them back mark 0. Nil when the rules do not spread by HMARK. Set before
+    /// `start()`.
+    var spreadMarks: ClosedRange<UInt32>? = nil
 
     /// The loopback interface's index in this network namespace (0 if none).
     let loopbackIndex = UInt32(if_nametoindex("lo"))
@@ -152,9 +153,8 @@ final class Worker: @unchecked Sendable {
     /// `labelOffset`: keep flow state in conntrack labels from that bit (nil: memory only).
     /// Throws when the queue cannot be bound or the conntrack socket cannot be opened.
     init(queue number: UInt16, config: EngineConfig, hostMode: Bool, synchronized: SynchronizedFlows, budget: FlowBudget,
-         labelOffset: Int? = nil, spreadMarks: ClosedRange<UInt32>? = nil, log: Logger) throws {
+         labelOffset: Int? = nil, log: Logger) throws {
         socket = try NFQueueSocket(queue: number)
-        self.spreadMarks = spreadMarks
         do { flowStore = try labelOffset.map { try ConntrackFlowStore(offset: $0) } } catch {
             socket.close()
             throw error

@@ -95,6 +95,37 @@ import TCPAOConfig
         #expect(!(try #require(gw.v4)).contains(" lo "))
     }
 
+    /// queue-spread: connection: the peers' rules jump to the spread chain; HMARK (addresses,
+    /// ports, protocol; symmetric) picks the queue; packets with a mark are balanced by address.
+    @Test func queueSpreadByConnectionUsesHMARK() throws {
+        let c = try config("threads: 2\nqueue: 100\nqueue-spread: connection\npeers:\n  - { name: nms, prefix: 192.0.2.0/24, ports: [830], key-chain: k }")
+        let v4 = try #require(RuleSet(c).v4)
+        #expect(v4.hasPrefix("*mangle\n:TCPAOD-OUT - [0:0]\n:TCPAOD-IN - [0:0]\n:TCPAOD-QUEUE - [0:0]\n"))
+        #expect(v4.contains("-A TCPAOD-OUT ! -o lo -d 192.0.2.0/24 -p tcp -m multiport --ports 830 -m comment --comment \"tcpaod peer nms\" -j TCPAOD-QUEUE\n"))
+        #expect(v4.contains("-p icmp -m icmp --icmp-type 3/4 -m comment --comment \"tcpaod icmp hard error\" -j TCPAOD-QUEUE\n"))
+        #expect(v4.hasSuffix("""
+            -A TCPAOD-QUEUE -m mark ! --mark 0 -j NFQUEUE --queue-balance 100:101
+            -A TCPAOD-QUEUE -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 2 --hmark-offset 1950416896 --hmark-rnd 1952673889
+            -A TCPAOD-QUEUE -m mark --mark 1950416896 -j NFQUEUE --queue-num 100
+            -A TCPAOD-QUEUE -m mark --mark 1950416897 -j NFQUEUE --queue-num 101
+            COMMIT
+
+            """), "\(v4)")
+        #expect(RuleSet.spreadMarks(c) == 0x7441_0000...0x7441_0001)
+        // By address (the default) or with one queue: NFQUEUE alone.
+        let peers = "peers:\n  - { name: p, prefix: 198.51.100.0/24, key-chain: k }"
+        for body in ["threads: 2\n", "threads: 1\nqueue-spread: connection\n"] {
+            let c = try config(body + peers)
+            let v4 = try #require(RuleSet(c).v4)
+            #expect(!v4.contains("TCPAOD-QUEUE") && !v4.contains("HMARK") && RuleSet.spreadMarks(c) == nil, "\(v4)")
+        }
+        // The spread chain is removed after the chains that jump to it.
+        #expect(RuleSet.chainNames.last == RuleSet.spreadChain)
+        let state = FirewallState(listing: "-N TCPAOD-OUT\n-N TCPAOD-QUEUE\n-A OUTPUT -m comment --comment tcpaod -j TCPAOD-OUT")
+        let cl = try #require(RuleSet.cleanup(existing: state, keeping: []))
+        #expect(cl.contains(":TCPAOD-OUT - [0:0]\n:TCPAOD-QUEUE - [0:0]\n-D OUTPUT") && cl.hasSuffix("-X TCPAOD-OUT\n-X TCPAOD-QUEUE\nCOMMIT\n"), "\(cl)")
+    }
+
     @Test func moreThanFifteenPortsSplitAcrossRules() throws {
         let ports = (1...20).map(String.init).joined(separator: ", ")
         let r = RuleSet(try config("peers:\n  - { name: p, prefix: 198.51.100.0/24, ports: [\(ports)], key-chain: k }"))

@@ -1590,6 +1590,101 @@ def control_socket_status_flows_keys():
 
 
 
+MANY = r"""
+import selectors, socket, sys, time
+# server HOST PORT: echo every connection.  client HOST PORT N ROUNDS OUT: N connections at once,
+# each sends ROUNDS 100-byte messages and reads each echo; OUT gets "ok N" or the error.
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sel = selectors.DefaultSelector()
+if mode == "server":
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind((host, port)); ls.listen(1024)
+    sel.register(ls, selectors.EVENT_READ)
+    while True:
+        for k, _ in sel.select():
+            if k.fileobj is ls:
+                c, _ = ls.accept(); c.setblocking(False); sel.register(c, selectors.EVENT_READ)
+            else:
+                try: d = k.fileobj.recv(65536)
+                except OSError: d = b""
+                if d: k.fileobj.sendall(d)
+                else: sel.unregister(k.fileobj); k.fileobj.close()
+else:
+    n, rounds, out = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    try:
+        conns = [socket.create_connection((host, port), timeout=20) for _ in range(n)]
+        for r in range(rounds):
+            for c in conns: c.sendall(b"x" * 100)
+            for c in conns:
+                got = 0
+                while got < 100:
+                    d = c.recv(100 - got)
+                    if not d: raise OSError("connection closed")
+                    got += len(d)
+        for c in conns: c.close()
+        open(out, "w").write("ok %d" % n)
+    except Exception as e:
+        open(out, "w").write("error %s" % e)
+"""
+
+
+@test
+def connections_spread_over_both_queues():
+    """Two queues serve many connections between ONE host pair (queue-spread: connection: HMARK
+    over addresses and ports): both queues busy on both hosts, every echo intact. The HMARK mark
+    never leaves tcpaod (tcpaod's verdict sets it back to 0: a later rule sees none), and
+    packets the operator marked (both directions) keep their mark and are spread by address."""
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        k = [key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)]
+        ca = write_config("sp-a", [("b", "192.0.2.2/32", [830])], k, threads=2, extra="queue-spread: connection\n")
+        cb = write_config("sp-b", [("a", "192.0.2.1/32", [830])], k, threads=2, extra="queue-spread: connection\n")
+        da, db = Daemon(a, ca, "sp-a"), Daemon(b, cb, "sp-b")
+        app = os.path.join(WORK, "many.py")
+        with open(app, "w") as f:
+            f.write(MANY)
+        # Counters after tcpaod (filter runs after mangle): packets with an HMARK mark, and with
+        # the operator's mark 7.
+        for ns, chains in ((a, ("OUTPUT", "INPUT")), (b, ("INPUT", "OUTPUT"))):
+            for ch in chains:
+                ns.run(["iptables", "-A", ch, "-p", "tcp", "-m", "mark", "--mark", "0x74410000/0xffff0000"])
+                ns.run(["iptables", "-A", ch, "-p", "tcp", "-m", "mark", "--mark", "7"])
+        b.popen([sys.executable, app, "server", "192.0.2.2", "830"])
+        wait_for(lambda: b.run(["ss", "-Hltn", "sport = :830"]).stdout.strip(), "the echo server")
+        before = {n: {q["queue"]: q["packets"] for q in d.stats()["queues"]} for n, d in (("a", da), ("b", db))}
+        out = os.path.join(WORK, "many.out")
+        p = a.popen([sys.executable, app, "client", "192.0.2.2", "830", "200", "20", out])
+        p.wait(timeout=120)
+        res = read_file(out)
+        check(res == "ok 200", "200 connections x 20 echoes: %s" % res)
+        for n, d in (("a", da), ("b", db)):
+            st = d.stats()
+            per = {q["queue"]: q["packets"] - before[n].get(q["queue"], 0) for q in st["queues"]}
+            total = sum(per.values())
+            check(total > 200 * 40 and min(per.values()) > total * 0.25, "%s: the queues' shares are uneven: %s" % (n, per))
+            log("    %s: packets per queue %s" % (n, per))
+        def marked(ns, hmark):
+            """Packets counted by the filter table's mark rules: HMARK's range, or mark 7."""
+            want = "mark match 0x74410000/0xffff0000" if hmark else "mark match 0x7"
+            lines = ns.run(["iptables", "-L", "-v", "-x", "-n"]).stdout.splitlines()
+            return sum(int(l.split()[0]) for l in lines if l.rstrip().endswith(want))
+        check(marked(a, True) == 0 and marked(b, True) == 0, "HMARK marks left tcpaod: A %d, B %d" % (marked(a, True), marked(b, True)))
+        # The operator marks A's port-830 packets both ways before tcpaod (raw table): the mark
+        # stays, and both directions are balanced by address (so they share a queue).
+        a.run(["iptables", "-t", "raw", "-A", "OUTPUT", "-p", "tcp", "--dport", "830", "-j", "MARK", "--set-mark", "7"])
+        a.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--sport", "830", "-j", "MARK", "--set-mark", "7"])
+        p = a.popen([sys.executable, app, "client", "192.0.2.2", "830", "20", "5", out])
+        p.wait(timeout=60)
+        check(read_file(out) == "ok 20", "marked connections: %s" % read_file(out))
+        check(marked(a, False) > 2 * 20 * 5 and marked(a, True) == 0, "the operator's mark: %d packets kept it, %d got an HMARK mark" % (marked(a, False), marked(a, True)))
+        log("    200 connections between one host pair on 2 queues; HMARK marks after tcpaod: 0; the operator's mark 7 kept on %d packets" % marked(a, False))
+        da.stop()
+        db.stop()
+        check("TCPAOD" not in a.rules() and "TCPAOD" not in b.rules(), "rules left behind")
+    finally:
+        topo.close()
+
+
 @test
 def runtime_key_management():
     """Runtime MKT management (`tcpaod key add|prefer|remove`) while a bulk transfer and an
