@@ -83,6 +83,8 @@ public struct AOEngine: ~Copyable {
     }
 
     public var flowCount: Int { table.count }
+    /// Table slots used at least once (what an expiry sweep walks).
+    public var flowTableHighWater: Int { table.highWater }
 
     /// Switches to a new configuration (SIGHUP). Connections keep their state (ISNs, SNEs,
     /// current_key): new keys reach them through RNextKeyID. A flow whose peer is gone is
@@ -431,11 +433,13 @@ public struct AOEngine: ~Copyable {
     // MARK: housekeeping
 
     /// Forgets flows that ended (after the linger time), handshakes that never completed and
-    /// idle connections. Looks at `budget` slots per call, so the caller can spread the work.
+    /// idle connections. Looks at `budget` slots per call (never a slot twice in one call), so
+    /// the caller can spread the work.
     public mutating func expire(now: UInt32, budget: Int) {
         let l = config.limits
         var n = 0
-        while n < budget && table.highWater > 0 {
+        let slots = min(budget, table.highWater)
+        while n < slots {
             if sweepCursor >= table.highWater { sweepCursor = 0 }
             let i = sweepCursor
             sweepCursor += 1

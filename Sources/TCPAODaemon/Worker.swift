@@ -137,6 +137,11 @@ final class Worker: @unchecked Sendable {
     var netlinkErrorLog = LogLimiter()
     var malformedLog = LogLimiter()
 
+    /// Seconds for the expiry sweep to go round the whole flow table, and the fewest slots a
+    /// second's slice looks at.
+    static let sweepSeconds = 30
+    static let sweepMinimum = 64
+
     /// The marks the rules' HMARK spread gives packets that had none (`QueueSpread`): the
     /// verdict gives them back mark 0. Nil when the rules do not spread by HMARK. Set before
     /// `start()`.
@@ -378,9 +383,12 @@ final class Worker: @unchecked Sendable {
         secs.map { " in the last \($0) s" } ?? ""
     }
 
+    /// Once a second: a slice of the flow table is checked for flows to forget, so that the
+    /// whole table is seen every `Worker.sweepSeconds` (a timeout fires up to that much late):
+    /// 1/30 of the flows per second, so an idle flow costs next to nothing (issue 14).
     func housekeeping() {
         let eng = engine
-        let budget = max(1024, eng.pointee.config.limits.maxFlows / 8)
+        let budget = max(Worker.sweepMinimum, (eng.pointee.flowTableHighWater + Worker.sweepSeconds - 1) / Worker.sweepSeconds)
         let now = Worker.clock().mono
         eng.pointee.expire(now: now, budget: budget)
         if let st = flowStore, st.failures != storeFailuresLogged, storeLoggedAt == 0 || now &- storeLoggedAt >= 10 {
