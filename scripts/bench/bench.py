@@ -282,13 +282,25 @@ def main():
     ap.add_argument("--modes", default="abcdefg")
     ap.add_argument("--flows", default="10000,100000")
     ap.add_argument("--soak", type=int, default=0)
+    # The peers part (scripts/bench/peers.py): check/start/reload times and per-packet costs with N peers.
+    ap.add_argument("--peers", default="", help="e.g. 1000,10000,50000")
+    # --fleet runs the fleet benchmark (fleet.py) instead of the above; its own options:
+    ap.add_argument("--fleet", action="store_true")
+    ap.add_argument("--fleet-n", default="1000,10000,max")
+    ap.add_argument("--fleet-seconds", type=int, default=10)
+    ap.add_argument("--fleet-reps", type=int, default=1)
+    ap.add_argument("--fleet-idle-seconds", type=int, default=30)
+    ap.add_argument("--fleet-idle-n", type=int, default=0)
     o = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
-    for src, out in (("tcpbench.c", "tcpbench"), ("idleconns.c", "idleconns")):
+    for src, out in (("tcpbench.c", "tcpbench"), ("idleconns.c", "idleconns"), ("fleetload.c", "fleetload")):
         r = run(["gcc", "-O2", "-o", os.path.join(WORK, out), os.path.join(HERE, src)])
         if r.returncode:
             raise SystemExit(r.stderr)
+    if o.fleet:
+        import fleet
+        return fleet.main(o, sys.modules[__name__])
     t_start = time.time()
     setup_net()
     result = {"machine": machine(), "settings": vars(o), "modes": {}}
@@ -326,6 +338,11 @@ def main():
             if num in o.modes and den in o.modes:
                 ratios["rr p50 %s/%s" % (num, den)] = result["modes"][num]["rr_p50_us"] / result["modes"][den]["rr_p50_us"]
         result["ratios"] = ratios
+        if o.peers:
+            import peers as peerbench
+            log("peers (one key chain per peer, tcpaod on host A):")
+            result["peers"] = peerbench.scale([int(x) for x in o.peers.split(",")], TCPAOD, WORK, ns, run, A, B, BIP, log,
+                                              os.environ.get("TCPAOD_MICROBENCH_BIN", os.path.join(os.path.dirname(TCPAOD), "tcpaod-microbench")))
         if o.flows:
             log("memory (tcpaod on host A, HMAC-SHA-1-96):")
             result["memory"] = memory([int(x) for x in o.flows.split(",")])
