@@ -99,8 +99,19 @@ public struct CounterBlock: ~Copyable {
         buffer[keyBase[peer] + key * KeyCounter.allCases.count + c.rawValue] &+= 1
     }
 
+    /// Above this many peers a snapshot leaves out the peers, and the keys, whose counters are
+    /// all zero: the daemon reports every second (stats file, events, metrics), and a fleet of
+    /// 50,000 mostly idle peers made that 55 MB of JSON and a busy core. Readers take a missing
+    /// peer or key as zeros. Up to this many, every peer and key is listed, as before.
+    public static let sparseAbove = 1000
+
     /// A copy, labelled with the configuration's peer names and key ids.
     public func snapshot(config: EngineConfig) -> CounterSnapshot {
+        let sparse = peerCount > CounterBlock.sparseAbove
+        func zero(_ from: Int, _ count: Int) -> Bool {
+            for i in from..<(from + count) where buffer[i] != 0 { return false }
+            return true
+        }
         func block(_ b: Int) -> [String: UInt64] {
             var d: [String: UInt64] = [:]
             for c in Counter.allCases { d[c.label] = buffer[b * CounterBlock.perBlock + c.rawValue] }
@@ -110,9 +121,12 @@ public struct CounterBlock: ~Copyable {
         var peers: [String: [String: UInt64]] = [:]
         var keys: [String: [String: [String: UInt64]]] = [:]
         for (i, p) in config.peers.enumerated() where i < peerCount {
+            let keyCount = p.keyChain.keys.count * KeyCounter.allCases.count
+            if sparse && zero(CounterBlock.perBlock * (1 + i), CounterBlock.perBlock) && zero(keyBase[i], keyCount) { continue }
             peers[p.name] = block(1 + i)
             var kd: [String: [String: UInt64]] = [:]
             for (j, k) in p.keyChain.keys.enumerated() {
+                if sparse && zero(keyBase[i] + j * KeyCounter.allCases.count, KeyCounter.allCases.count) { continue }
                 var d: [String: UInt64] = [:]
                 for c in KeyCounter.allCases { d[c.label] = buffer[keyBase[i] + j * KeyCounter.allCases.count + c.rawValue] }
                 kd["\(k.chainKeyID)"] = d

@@ -65,9 +65,12 @@ public final class EngineConfig: Sendable {
     /// Gateway mode: the protected hosts (empty: any). A forwarded segment is egress only from
     /// one of them to a peer, ingress only from a peer to one of them.
     public let protectedPrefixes: [IPPrefix]
+    /// The peers by prefix: `peerIndex` costs the same with 10 peers or 50,000.
+    public let peerTable: PeerTable
 
     public init(peers: [PeerPolicy], limits: FlowLimits = FlowLimits(), passthrough: Bool = false, protectedPrefixes: [IPPrefix] = []) {
         self.peers = peers
+        self.peerTable = PeerTable(peers.map(\.prefix))
         self.limits = limits
         self.passthrough = passthrough
         self.protectedPrefixes = protectedPrefixes
@@ -81,9 +84,16 @@ public final class EngineConfig: Sendable {
     }
 
     /// The peer whose prefix holds `remote` and whose ports match. Peers' prefixes do not
-    /// overlap (the configuration check refuses it), so the first match is the only one.
+    /// overlap (the configuration check refuses it), so the first match is the only one; it is
+    /// found by a longest-prefix match (`PeerTable`), not a scan of the peers.
     @inline(__always)
     public func peerIndex(remote: IPAddress, ports a: UInt16, _ b: UInt16) -> Int? {
+        guard let i = peerTable.peer(for: remote) else { return nil }
+        return peers[i].matchesPorts(a, b) ? i : nil
+    }
+
+    /// `peerIndex` as a scan of the peers (the reference the table is tested against).
+    public func peerIndexByScan(remote: IPAddress, ports a: UInt16, _ b: UInt16) -> Int? {
         for i in peers.indices where peers[i].prefix.contains(remote) {
             return peers[i].matchesPorts(a, b) ? i : nil
         }

@@ -94,10 +94,16 @@ public final class KeyChain: Sendable {
     /// configuration being replaced) takes that key's serial, so connections keep their cached
     /// traffic-key contexts across a reload. Every other key keeps its own, never-used serial.
     public func inheritingSerials(from previous: [MKT]) -> KeyChain {
+        inheritingSerials(from: MKTIndex(previous))
+    }
+
+    /// The same, with the previous keys indexed once for all chains (a configuration may hold
+    /// one chain per peer, tens of thousands).
+    public func inheritingSerials(from previous: MKTIndex) -> KeyChain {
         guard !previous.isEmpty else { return self }
         var k = keys
         for i in k.indices {
-            if let o = previous.first(where: { $0.sameKey(as: k[i]) }) { k[i].serial = o.serial }
+            if let o = previous.first(sameAs: k[i]) { k[i].serial = o.serial }
         }
         return KeyChain(name: name, keys: k)
     }
@@ -154,5 +160,38 @@ public final class KeyChain: Sendable {
             best = i
         }
         return best.map { keys[$0].recvID }
+    }
+}
+
+/// MKTs found by `sameKey` in constant time: bucketed by a hash of the parameters and the
+/// secret (Swift's `Hasher`, seeded at random per process; the hash never leaves the process),
+/// then compared with `sameKey` (the secret in constant time). `first(sameAs:)` answers as
+/// `keys.first(where: { $0.sameKey(as: k) })` does.
+public struct MKTIndex: Sendable {
+    let keys: [MKT]
+    let buckets: [Int: [Int]]
+
+    public init(_ keys: [MKT]) {
+        self.keys = keys
+        var b: [Int: [Int]] = [:]
+        for (i, k) in keys.enumerated() { b[MKTIndex.hash(k), default: []].append(i) }
+        buckets = b
+    }
+
+    public var isEmpty: Bool { keys.isEmpty }
+
+    static func hash(_ k: MKT) -> Int {
+        var h = Hasher()
+        h.combine(k.sendID)
+        h.combine(k.recvID)
+        h.combine(k.algorithm)
+        h.combine(k.includeOptions)
+        k.secret.withBytes { h.combine(bytes: $0) }
+        return h.finalize()
+    }
+
+    public func first(sameAs k: MKT) -> MKT? {
+        for i in buckets[MKTIndex.hash(k)] ?? [] where keys[i].sameKey(as: k) { return keys[i] }
+        return nil
     }
 }

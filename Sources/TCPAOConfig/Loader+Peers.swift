@@ -13,25 +13,59 @@ extension ConfigLoader {
     mutating func peers(_ n: Node, into cfg: inout Configuration, chainNodes: [String: Node]) {
         guard let items = list(n, "peers") else { return }
         if items.isEmpty { report(.error, n, "peers", "no peer", fix: "add a peer: name, prefix, key-chain") }
+        // A fleet may have one chain per peer (one MKT per peer pair): find chains by name, and
+        // compare peers with each other by hashing and sorting, never pairwise.
+        var chainsByName: [String: KeyChain] = [:]
+        for c in cfg.keyChains where chainsByName[c.name] == nil { chainsByName[c.name] = c }
         var peerNodes: [(PeerPolicy, Node)] = []
+        // Where the reports comparing each peer with the ones before it go: right after that
+        // peer's own diagnostics, as when each peer was compared as soon as it was read.
+        var insertAt: [Int] = []
+        var itemIndex: [Int] = []
         var used = Set<String>()
         for (i, item) in items.enumerated() {
-            if let p = peer(item, "peers[\(i)]", chains: cfg.keyChains) {
-                if peerNodes.contains(where: { $0.0.name == p.name }) {
-                    report(.error, item, "peers[\(i)].name", "a peer named `\(p.name)` is defined twice", fix: "rename one of them")
-                }
-                for (q, qn) in peerNodes where q.prefix.overlaps(p.prefix) {
-                    let ql = qn.mark.map { "line \($0.line)" } ?? "another peer"
-                    report(.error, item, "peers[\(i)].prefix", "\(p.prefix) overlaps \(q.prefix) of peer `\(q.name)` (\(ql))",
-                           fix: "make the prefixes disjoint: each address must belong to one peer")
-                }
+            if let p = peer(item, "peers[\(i)]", chains: cfg.keyChains, byName: chainsByName) {
                 peerNodes.append((p, item))
+                insertAt.append(diagnostics.count)
+                itemIndex.append(i)
                 used.insert(p.keyChain.name)
             }
         }
+        let parsedEnd = diagnostics.count
+        let overlaps = ConfigLoader.earlierOverlaps(peerNodes.map(\.0.prefix))
+        var firstByName: [String: Int] = [:]
+        var added: [(at: Int, range: Range<Int>)] = []
+        for (k, (p, item)) in peerNodes.enumerated() {
+            let start = diagnostics.count
+            let i = itemIndex[k]
+            if firstByName[p.name] != nil {
+                report(.error, item, "peers[\(i)].name", "a peer named `\(p.name)` is defined twice", fix: "rename one of them")
+            } else {
+                firstByName[p.name] = k
+            }
+            for j in overlaps[k] ?? [] {
+                let (q, qn) = peerNodes[j]
+                let ql = qn.mark.map { "line \($0.line)" } ?? "another peer"
+                report(.error, item, "peers[\(i)].prefix", "\(p.prefix) overlaps \(q.prefix) of peer `\(q.name)` (\(ql))",
+                       fix: "make the prefixes disjoint: each address must belong to one peer")
+            }
+            if diagnostics.count > start { added.append((insertAt[k], start..<diagnostics.count)) }
+        }
+        if !added.isEmpty {
+            var out: [Diagnostic] = []
+            var from = 0
+            for (at, r) in added {
+                out += diagnostics[from..<at]
+                out += diagnostics[r]
+                from = at
+            }
+            out += diagnostics[from..<parsedEnd]
+            diagnostics = out
+        }
         cfg.peers = peerNodes.map(\.0)
         if cfg.mode == .gateway && !cfg.protectedPrefixes.isEmpty {
-            for (p, pn) in peerNodes where !cfg.protectedPrefixes.contains(where: { $0.address.isV6 == p.prefix.address.isV6 }) {
+            let families = Set(cfg.protectedPrefixes.map(\.address.isV6))
+            for (p, pn) in peerNodes where !families.contains(p.prefix.address.isV6) {
                 report(.error, pn, "peers", "peer `\(p.name)` is \(p.prefix.address.isV6 ? "IPv6" : "IPv4") but no protected prefix is: its traffic would not be protected",
                        fix: "add a protected prefix of that family, or remove the peer")
             }
@@ -41,7 +75,58 @@ extension ConfigLoader {
         }
     }
 
-    mutating func peer(_ node: Node, _ path: String, chains: [KeyChain]) -> PeerPolicy? {
+    /// For each prefix (by index), the earlier ones that overlap it, in order; only prefixes
+    /// with such an overlap are keys. Two prefixes overlap when one holds the other (prefixes
+    /// are nested or disjoint), so after sorting by (family, address, length) any overlap shows
+    /// between neighbours: one pass says whether there is any (the usual answer: no). Only then
+    /// is each prefix looked up among its possible containers (one hash probe per prefix
+    /// length in use) and its possible contents (a range of the sorted order).
+    /// `prefixes` must be canonical (no bits set beyond the length), as the loader accepts them.
+    static func earlierOverlaps(_ prefixes: [IPPrefix]) -> [Int: [Int]] {
+        func key(_ p: IPPrefix) -> (Int, UInt64, UInt64, Int) { (p.address.isV6 ? 1 : 0, p.address.hi, p.address.lo, p.length) }
+        let order = prefixes.indices.sorted { key(prefixes[$0]) < key(prefixes[$1]) }
+        var any = false
+        for (a, b) in zip(order, order.dropFirst()) where prefixes[a].overlaps(prefixes[b]) { any = true; break }
+        guard any else { return [:] }
+
+        var byPrefix: [IPPrefix: [Int]] = [:]
+        var lengths: [Bool: Set<Int>] = [:]
+        for (i, p) in prefixes.enumerated() {
+            byPrefix[p, default: []].append(i)
+            lengths[p.address.isV6, default: []].insert(p.length)
+        }
+        var out: [Int: [Int]] = [:]
+        for (k, p) in prefixes.enumerated() {
+            var found: [Int] = []
+            // Containers (and equal prefixes): the prefix of each length in use that holds p.
+            for l in lengths[p.address.isV6, default: []] where l <= p.length {
+                let c = IPPrefix(address: IPPrefix(address: p.address, length: l).masked(p.address), length: l)
+                for j in byPrefix[c] ?? [] where j < k { found.append(j) }
+            }
+            // Contents: longer prefixes whose address lies in p, a range of the sorted order.
+            var last = p.address
+            if p.address.isV6 {
+                if p.length <= 64 { last.hi |= UInt64.max >> UInt64(p.length); last.lo = UInt64.max } else { last.lo |= UInt64.max >> UInt64(p.length - 64) }
+            } else {
+                last.lo |= UInt64(0xFFFF_FFFF) >> UInt64(p.length)
+            }
+            var lo = 0, hi = order.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if key(prefixes[order[mid]]) < key(p) { lo = mid + 1 } else { hi = mid }
+            }
+            while lo < order.count {
+                let j = order[lo], q = prefixes[j]
+                guard q.address.isV6 == p.address.isV6, q.address <= last else { break }
+                if q.length > p.length && j < k { found.append(j) }
+                lo += 1
+            }
+            if !found.isEmpty { out[k] = found.sorted() }
+        }
+        return out
+    }
+
+    mutating func peer(_ node: Node, _ path: String, chains: [KeyChain], byName: [String: KeyChain]? = nil) -> PeerPolicy? {
         guard let f = fields(node, path, allowed: ["name", "prefix", "ports", "key-chain", "accept-key-mismatch", "icmp-hard-errors", "description"],
                              required: ["name", "prefix", "key-chain"]) else { return nil }
         guard let name = f["name"].flatMap({ string($0.value, "\(path).name") }) else { return nil }
@@ -74,7 +159,7 @@ extension ConfigLoader {
         }
         var chain: KeyChain? = nil
         if let n = f["key-chain"]?.value, let s = string(n, "\(path).key-chain") {
-            chain = chains.first { $0.name == s }
+            chain = byName.map { $0[s] } ?? chains.first { $0.name == s }
             if chain == nil {
                 let names = chains.map(\.name)
                 report(.error, n, "\(path).key-chain", "no key chain named `\(s)`",

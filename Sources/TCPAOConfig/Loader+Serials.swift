@@ -8,7 +8,7 @@ extension ConfigLoader {
     /// keeps the serial it was made with, which no other MKT of this process ever had
     /// (`MKT.serial`), so a cached context can never be taken for another key's.
     mutating func assignSerials(_ cfg: inout Configuration, previous: Configuration?) {
-        let old = previous?.allKeys ?? []
+        let old = MKTIndex(previous?.allKeys ?? [])
         cfg.keyChains = cfg.keyChains.map { $0.inheritingSerials(from: old) }
     }
 }

@@ -179,7 +179,10 @@ public struct ConfigLoader {
         var cfg = Configuration(file: file)
         let root: Node
         do {
-            guard let r = try Yams.compose(yaml: text) else {
+            // Resolver.basic: every scalar is read as text (`string`, `int`, `bool` above do the
+            // typing, with their own messages), so Yams runs no regular expression per scalar
+            // to guess its type: that took most of the time of a 50,000-peer file.
+            guard let r = try Yams.compose(yaml: text, Resolver.basic) else {
                 report(.error, nil, "", "the file is empty", fix: "see config/tcpaod.yaml for a commented example")
                 return cfg
             }

@@ -34,6 +34,8 @@ public final class Daemon: @unchecked Sendable {
     let budget: FlowBudget
     let firewall: Firewall
     var rulesInstalled = false
+    /// The rules (and ipsets) in place, while `rulesInstalled`: a reload compares with them.
+    var installedRules: RuleSet?
     var signals: [DispatchSourceSignal] = []
     var statsTimer: DispatchSourceTimer?
     var watchdog: SystemdWatchdog?
@@ -80,7 +82,7 @@ public final class Daemon: @unchecked Sendable {
         self.instanceOverride = instance.map(RuntimePaths.normalized)
         self.log = log
         if !config.instance.isEmpty { self.log[metadataKey: "instance"] = "\(config.instance)" }
-        firewall = Firewall(backend: config.firewall)
+        firewall = Firewall(backend: config.firewall, instance: config.instance)
         budget = FlowBudget(limit: config.limits.maxFlows)
         published = Mutex(DaemonView(config: config, reloads: 0, loadedAt: Int64(Date().timeIntervalSince1970), flowState: "", controlSocket: nil,
                                      metrics: nil, lastReloadSucceeded: true))
@@ -111,8 +113,9 @@ public final class Daemon: @unchecked Sendable {
             // The queues are bound: the rules (new, or an earlier run's taken over in place)
             // have a live reader from the moment they change. See Firewall.install.
             do {
-                try installRules()
+                let rules = try installRules()
                 rulesInstalled = true
+                installedRules = rules
             } catch {
                 workers.forEach { $0.socket.close() }
                 workers = []
@@ -126,7 +129,7 @@ public final class Daemon: @unchecked Sendable {
         publish(loadedAt: Int64(Date().timeIntervalSince1970))
         installSignalHandlers()
         startStats()
-        let peers = config.peers.map { "\($0.name) (\($0.prefix)\($0.ports.isEmpty ? "" : " ports " + $0.ports.map(String.init).joined(separator: ",")))" }
+        let peers = Daemon.listed(config.peers) { "\($0.name) (\($0.prefix)\($0.ports.isEmpty ? "" : " ports " + $0.ports.map(String.init).joined(separator: ",")))" }
         log.info("tcpaod running: mode \(config.mode.rawValue), flow state \(config.flowState == .conntrack ? "conntrack (label bits \(config.conntrackLabelBitRange.lowerBound)-\(config.conntrackLabelBitRange.upperBound - 1))" : "memory"), queues \(config.queues.lowerBound)-\(config.queues.upperBound), rules \(manageRules ? "installed (\(config.firewall.rawValue))" : "not managed (--no-rules)"), peers: \(peers.joined(separator: "; "))")
         SystemdNotify.send("READY=1\nSTATUS=protecting \(config.peers.count) peer(s)")
         watchdog = SystemdWatchdog(workers: workers, log: log)
@@ -137,16 +140,19 @@ public final class Daemon: @unchecked Sendable {
     /// (logged): the HMARK spread (`queue-spread: connection` becomes `addresses`) and the
     /// connlabel match (`flow-state: conntrack` becomes `memory`). Each tried alone first, so
     /// that only the one the kernel lacks is given up.
-    func installRules() throws {
+    func installRules() throws -> RuleSet {
         let first: any Error
-        do { return try firewall.install(RuleSet(config)) } catch { first = error }
+        let wanted = RuleSet(config)
+        do { try firewall.install(wanted); return wanted } catch { first = error }
         let spread = RuleSet.spreadMarks(config) != nil, labels = config.flowState == .conntrack
         var tries: [Configuration] = []
         var c = config
         if spread { c.queueSpread = .addresses; tries.append(c); c = config }
         if labels { c.flowState = .memory; tries.append(c) }
         if spread && labels { c.queueSpread = .addresses; tries.append(c) }
-        for t in tries where (try? firewall.install(RuleSet(t))) != nil {
+        for t in tries {
+            let rules = RuleSet(t)
+            guard (try? firewall.install(rules)) != nil else { continue }
             if t.queueSpread != config.queueSpread {
                 log.warning("queue-spread: connection: the rules with HMARK were refused (\(first)); connections are spread over the queues by address only")
             }
@@ -155,7 +161,7 @@ public final class Daemon: @unchecked Sendable {
                 flowStateNote = "the rules with the connlabel match were refused (\(first))"
             }
             config = t
-            return
+            return rules
         }
         throw first
     }
@@ -168,7 +174,7 @@ public final class Daemon: @unchecked Sendable {
             log.info("flow-state: memory: \(ConntrackRequirements.fallback)")
             return
         }
-        var problems = ConntrackRequirements.problems(backend: config.firewall, needIPv6: RuleSet(config).v6 != nil)
+        var problems = ConntrackRequirements.problems(backend: config.firewall, needIPv6: config.peers.contains { $0.prefix.address.isV6 })
         if case .unavailable(let reason) = ConntrackLabels.probe() { problems.append("ctnetlink: \(reason)") }
         guard problems.isEmpty else {
             flowStateNote = "flow-state: conntrack cannot be used here: \(problems.joined(separator: "; "))"
@@ -227,19 +233,23 @@ public final class Daemon: @unchecked Sendable {
         // The engines learn the new peers and keys before the rules send them new traffic; if
         // the rules cannot be replaced (atomically: the old ones stay), the engines go back.
         workers.forEach { $0.reconfigure(c.engineConfig()) }
-        if manageRules && RuleSet(c) != RuleSet(config) {
-            do { try firewall.replace(RuleSet(config), with: RuleSet(c)) } catch {
+        let newRules = manageRules ? RuleSet(c) : nil
+        if let newRules, let installedRules, newRules != installedRules {
+            do { try firewall.replace(installedRules, with: newRules) } catch {
                 log.error("reload: replacing the rules failed (\(error)); still running with the previous configuration")
                 let back = config.engineConfig()
                 workers.forEach { $0.reconfigure(back) }
                 published.withLock { $0.lastReloadSucceeded = false }
                 return
             }
+            self.installedRules = newRules
         }
+        var previous: [String: PeerPolicy] = [:]
+        for p in config.peers where previous[p.name] == nil { previous[p.name] = p }
         for p in c.peers {
             // Established connections reserved option room for the old chain's longest key
             // (their MSS was lowered by that much); a longer key is used only by new ones.
-            guard let before = config.peers.first(where: { $0.name == p.name }),
+            guard let before = previous[p.name],
                   p.keyChain.longestOptionLength > before.keyChain.longestOptionLength else { continue }
             let longer = p.keyChain.keys.filter { $0.algorithm.alignedOptionLength > before.keyChain.longestOptionLength }
             log.warning("reload: peer \(p.name): \(longer.map { "\($0)" }.joined(separator: ", ")) needs a \(p.keyChain.longestOptionLength)-byte TCP-AO option; connections opened before this reload reserved \(before.keyChain.longestOptionLength) bytes, so they keep sending with a key that fits while one may send; new connections can use it")
@@ -253,8 +263,18 @@ public final class Daemon: @unchecked Sendable {
         reloads += 1
         let now = Int64(Date().timeIntervalSince1970)
         publish(loadedAt: now)
-        let sending = c.peers.map { p in "\(p.name): \(p.keyChain.preferredSendKey(at: now).map { "\(p.keyChain.keys[$0])" } ?? "no key")" }
+        let sending = Daemon.listed(c.peers) { p in "\(p.name): \(p.keyChain.preferredSendKey(at: now).map { "\(p.keyChain.keys[$0])" } ?? "no key")" }
         log.notice("configuration reloaded; preferred keys: \(sending.joined(separator: "; "))")
+    }
+
+    /// Peers named in a log line: all of them up to `listedPeers`, then the first ones and a
+    /// count (a fleet of 50,000 peers would make a line of megabytes; `tcpaod status` and
+    /// `tcpaod check` list them all).
+    static let listedPeers = 20
+
+    static func listed(_ peers: [PeerPolicy], _ describe: (PeerPolicy) -> String) -> [String] {
+        guard peers.count > listedPeers else { return peers.map(describe) }
+        return peers.prefix(listedPeers).map(describe) + ["and \(peers.count - listedPeers) more"]
     }
 
     // MARK: stop (SIGTERM, SIGINT; SIGUSR2: stop for a restart)

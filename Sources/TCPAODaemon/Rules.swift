@@ -48,11 +48,24 @@ public struct RuleSet: Sendable, Equatable {
     /// `iptables-restore --noflush` input, or nil when no peer of that family exists.
     public var v4: String?
     public var v6: String?
+    /// The ipsets the rules match (`-m set --match-set`): each holds a large group of peers that
+    /// share ports (see `PeerSet`). Part of the value, so a reload that only changes members is
+    /// a change of the rules.
+    public var sets: [PeerSet]
 
     public init(_ cfg: Configuration) {
-        v4 = RuleSet.script(cfg, v6: false)
-        v6 = RuleSet.script(cfg, v6: true)
+        var sets: [PeerSet] = []
+        v4 = RuleSet.script(cfg, v6: false, sets: &sets)
+        v6 = RuleSet.script(cfg, v6: true, sets: &sets)
+        self.sets = sets
     }
+
+    /// Peers of one family sharing their ports (and, in gateway mode, the protected prefixes,
+    /// which are the configuration's) are matched by one ipset when they are more than this
+    /// many: two rules per peer is a linear walk per packet (50,000 peers: 100,000 rules, about
+    /// 5 ms per packet here), a hash:net set one lookup per prefix length. Up to this many
+    /// the rules stay one pair per peer, as before ipsets were used, and need no ipset tool.
+    public static let setThreshold = 16
 
     static func target(_ cfg: Configuration) -> String {
         if spreadMarks(cfg) != nil { return spreadChain }
@@ -86,9 +99,22 @@ public struct RuleSet: Sendable, Equatable {
         String(s.unicodeScalars.map { CharacterSet.alphanumerics.contains($0) || "._-".unicodeScalars.contains($0) ? Character($0) : "_" })
     }
 
-    static func script(_ cfg: Configuration, v6: Bool) -> String? {
+    static func script(_ cfg: Configuration, v6: Bool, sets: inout [PeerSet]) -> String? {
         let peers = cfg.peers.filter { $0.prefix.address.isV6 == v6 }
         guard !peers.isEmpty else { return nil }
+        // Peers grouped by their ports; a group larger than setThreshold becomes an ipset.
+        var groups: [[UInt16]: [IPPrefix]] = [:]
+        for p in peers { groups[p.ports, default: []].append(p.prefix) }
+        var setOf: [[UInt16]: PeerSet] = [:]
+        var names = Set<String>()
+        // Sorted, so that each group's name (its ports' hash, rarely salted) is the same at
+        // every load of the same peers.
+        for (ports, prefixes) in groups.filter({ $0.value.count > setThreshold }).sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            var salt: UInt32 = 0
+            while !names.insert(PeerSet.name(instance: cfg.instance, v6: v6, ports: ports, salt: salt)).inserted { salt += 1 }
+            setOf[ports] = PeerSet(name: PeerSet.name(instance: cfg.instance, v6: v6, ports: ports, salt: salt), v6: v6, ports: ports,
+                                   members: prefixes.map(\.description))
+        }
         let target = target(cfg)
         let chains = chains(cfg.mode)
         var out = ["*\(table)"]
@@ -110,6 +136,10 @@ public struct RuleSet: Sendable, Equatable {
                 out.append("-A \(c) -p tcp -m connlabel --label \(cfg.conntrackLabelOffset) -m comment --comment \"\(labelComment)\"")
             }
         }
+        // Gateway mode with protected-prefixes: only between the protected hosts and the peer.
+        let locals: [String?] = cfg.mode == .gateway && !cfg.protectedPrefixes.isEmpty
+            ? cfg.protectedPrefixes.filter { $0.address.isV6 == v6 }.map { "\($0)" } : [nil]
+        var setDone = Set<[UInt16]>()
         for p in peers {
             var portMatches = [""]
             if !p.ports.isEmpty {
@@ -118,17 +148,22 @@ public struct RuleSet: Sendable, Equatable {
                     " -m multiport --ports " + p.ports[i..<min(i + 15, p.ports.count)].map(String.init).joined(separator: ",")
                 }
             }
-            let note = " -m comment --comment \"tcpaod peer \(safe(p.name))\""
-            // Gateway mode with protected-prefixes: only between the protected hosts and the peer.
-            let locals: [String?] = cfg.mode == .gateway && !cfg.protectedPrefixes.isEmpty
-                ? cfg.protectedPrefixes.filter { $0.address.isV6 == v6 }.map { "\($0)" } : [nil]
+            // A peer of a large group: its set's rules, once, where the group's first peer is.
+            let set = setOf[p.ports]
+            if set != nil && !setDone.insert(p.ports).inserted { continue }
+            let note = set.map { " -m comment --comment \"tcpaod peers in set \($0.name)\"" } ?? " -m comment --comment \"tcpaod peer \(safe(p.name))\""
+            let toPeer = set.map { " -m set --match-set \($0.name) dst" } ?? " -d \(p.prefix)"
+            let fromPeer = set.map { " -m set --match-set \($0.name) src" } ?? " -s \(p.prefix)"
             for local in locals {
                 let from = local.map { " -s \($0)" } ?? "", to = local.map { " -d \($0)" } ?? ""
                 for pm in portMatches {
-                    out.append("-A \(egress)\(notOutLo)\(from) -d \(p.prefix) -p tcp\(pm)\(note) -j \(target)")
-                    out.append("-A \(ingress)\(notInLo) -s \(p.prefix)\(to) -p tcp\(pm)\(note) -j \(target)")
+                    out.append("-A \(egress)\(notOutLo)\(from)\(toPeer) -p tcp\(pm)\(note) -j \(target)")
+                    out.append("-A \(ingress)\(notInLo)\(fromPeer)\(to) -p tcp\(pm)\(note) -j \(target)")
                 }
             }
+        }
+        sets += peers.compactMap { setDone.contains($0.ports) ? setOf[$0.ports] : nil }.reduce(into: [PeerSet]()) { acc, s in
+            if !acc.contains(where: { $0.name == s.name }) { acc.append(s) }
         }
         if peers.contains(where: \.dropICMPHardErrors) {
             // ICMP errors may come from any router on the path; the engine looks at the TCP
@@ -145,11 +180,97 @@ public struct RuleSet: Sendable, Equatable {
     }
 }
 
+/// A group of peers of one family that share their ports, matched by one ipset of type
+/// hash:net (`-m set --match-set NAME dst|src`): the kernel finds a segment's peer by a hash
+/// lookup per prefix length, not by walking one rule pair per peer.
+///
+/// Names: `tcpaod[-INSTANCE]-4|6-HASH` (HASH: 8 hex digits of the ports), at most 29 characters
+/// (ipset's limit is 31; an in-place update fills `NAME-n` and swaps it in). An instance name
+/// longer than 11 characters is itself replaced by a hash. ipsets belong to their network
+/// namespace, as the chains do; instances in one namespace differ by name.
+public struct PeerSet: Sendable, Equatable {
+    public var name: String
+    public var v6: Bool
+    public var ports: [UInt16]
+    /// The peers' prefixes, as ipset reads them.
+    public var members: [String]
+
+    /// The name of the set filled beside the live one and swapped in (`ipset swap`).
+    public var swapName: String { name + "-n" }
+
+    static func fnv(_ bytes: some Sequence<UInt8>) -> UInt32 {
+        var h: UInt32 = 0x811C_9DC5
+        for b in bytes { h = (h ^ UInt32(b)) &* 0x0100_0193 }
+        return h
+    }
+
+    static func hex8(_ v: UInt32) -> String {
+        let s = String(v, radix: 16)
+        return String(repeating: "0", count: 8 - s.count) + s
+    }
+
+    /// The instance's part of its set names ("" for the default instance).
+    static func instancePart(_ instance: String) -> String {
+        if instance.isEmpty { return "" }
+        return "-" + (instance.count <= 11 ? instance : "h" + hex8(fnv(instance.utf8)))
+    }
+
+    public static func name(instance: String, v6: Bool, ports: [UInt16], salt: UInt32 = 0) -> String {
+        var bytes: [UInt8] = []
+        for p in ports { bytes += [UInt8(p >> 8), UInt8(p & 0xFF)] }
+        if salt > 0 { bytes += [0xFF, UInt8(truncatingIfNeeded: salt), UInt8(truncatingIfNeeded: salt >> 8)] }
+        return "tcpaod" + instancePart(instance) + (v6 ? "-6-" : "-4-") + hex8(fnv(bytes))
+    }
+
+    /// Whether `name` is one of `instance`'s sets (live or being swapped in), and only its:
+    /// another instance's names differ in the part between `tcpaod` and the family.
+    public static func belongs(_ name: String, to instance: String) -> Bool {
+        let head = "tcpaod" + instancePart(instance) + "-"
+        guard name.hasPrefix(head) else { return false }
+        var rest = Substring(name.dropFirst(head.count))
+        if rest.hasSuffix("-n") { rest = rest.dropLast(2) }
+        let u = Array(rest.utf8)
+        guard u.count == 10, u[0] == 0x34 || u[0] == 0x36, u[1] == 0x2D else { return false }
+        return u[2...].allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    /// `ipset restore` lines that make `setName` hold exactly the members (created empty here).
+    public func fill(_ setName: String) -> [String] {
+        var hashsize = 1024
+        while hashsize < members.count { hashsize <<= 1 }
+        var out = ["create \(setName) hash:net family \(v6 ? "inet6" : "inet") hashsize \(hashsize) maxelem \(max(65536, members.count))"]
+        out.reserveCapacity(members.count + 1)
+        for m in members { out.append("add \(setName) \(m)") }
+        return out
+    }
+
+    /// For people: "50000 IPv6 peers share ports [830, 179]" (or "[all]").
+    public var summary: String {
+        "\(members.count) \(v6 ? "IPv6" : "IPv4") peers share ports [\(ports.isEmpty ? "all" : ports.map(String.init).joined(separator: ", "))]"
+    }
+
+    /// Whether the ipset tool is where `Firewall.run` finds it (PATH, or the sbin directories).
+    public static var toolInstalled: Bool {
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "") + ":/usr/sbin:/sbin:/usr/bin:/bin"
+        return path.split(separator: ":").contains { access("\($0)/ipset", X_OK) == 0 }
+    }
+
+    /// What to tell the operator when the tool is missing.
+    public var missingToolMessage: String {
+        "\(summary): tcpaod uses an ipset (\(name)) for them; install the ipset package (apt-get install ipset)"
+    }
+}
+
 /// Installs and removes the rules with the iptables tools (nf_tables or legacy back end).
 public struct Firewall: Sendable {
     public var backend: FirewallBackend
+    /// Whose ipsets these are (`PeerSet.belongs`): a stop removes this instance's sets only.
+    public var instance: String
 
-    public init(backend: FirewallBackend) { self.backend = backend }
+    public init(backend: FirewallBackend, instance: String = "") {
+        self.backend = backend
+        self.instance = instance
+    }
 
     func tool(_ v6: Bool, restore: Bool) -> String {
         let base = v6 ? "ip6tables" : "iptables"
@@ -186,7 +307,23 @@ public struct Firewall: Sendable {
     ///   family's new rules are in. If the kernel refuses the new rules it keeps the old ones
     ///   (the transaction is atomic): protected traffic stays blocked (fail closed).
     /// * nothing of tcpaod's exists: installed whole; on failure nothing of tcpaod's stays.
+    ///
+    /// The ipsets the rules match are made to hold their members first: a set that exists (an
+    /// earlier run's, still matched by its rules) gets its new members by `ipset swap` with a
+    /// set filled beside it, so the running rules never see a half-filled set; the old members
+    /// stay in the swapped-out set until the rules are in, and go back should they be refused.
+    /// Sets of this instance that the new rules do not use go once nothing matches them.
     public func install(_ rules: RuleSet) throws {
+        let sets = try prepareSets(rules.sets)
+        do { try installRules(rules) } catch {
+            rollBack(sets)
+            throw error
+        }
+        commit(sets)
+        removeSets(keeping: Set(rules.sets.map(\.name)))
+    }
+
+    func installRules(_ rules: RuleSet) throws {
         var fresh: [Bool] = [], cleanups: [(Bool, String)] = []
         for (v6, script) in [(false, rules.v4), (true, rules.v6)] {
             let listing = Firewall.run(tool(v6, restore: false), ["-w", "-t", RuleSet.table, "-S"])
@@ -215,7 +352,19 @@ public struct Firewall: Sendable {
     /// chains (declaring a chain flushes it) and leaves the jumps in place. A family that gains
     /// rules gets them whole; one that loses them has its chains removed. When a restore fails
     /// the kernel keeps what it had (the transaction is atomic), and so does this family.
+    /// The ipsets are updated as by `install`: swapped in before the rules change, swapped back
+    /// if the rules are refused, and those no longer used removed after.
     public func replace(_ old: RuleSet, with new: RuleSet) throws {
+        let sets = try prepareSets(new.sets)
+        do { try replaceRules(old, with: new) } catch {
+            rollBack(sets)
+            throw error
+        }
+        commit(sets)
+        removeSets(keeping: Set(new.sets.map(\.name)))
+    }
+
+    func replaceRules(_ old: RuleSet, with new: RuleSet) throws {
         for (v6, before, after) in [(false, old.v4, new.v4), (true, old.v6, new.v6)] {
             switch (before, after) {
             case (.some, .some(let script)):
@@ -239,10 +388,87 @@ public struct Firewall: Sendable {
         return Failure(description: "\(tool(v6, restore: true)) refused tcpaod's rules\(hint): \(out)")
     }
 
-    /// Removes tcpaod's jumps and chains, whatever is there; absent ones are fine.
+    /// Removes tcpaod's jumps and chains, whatever is there; absent ones are fine. Then this
+    /// instance's ipsets, which nothing matches any more.
     public func remove() {
         remove(v6: false)
         remove(v6: true)
+        removeSets(keeping: [])
+    }
+
+    // MARK: ipsets
+
+    /// What `prepareSets` did, to be committed or rolled back once the rules are (or are not) in.
+    struct SetUpdate {
+        /// Sets made new (no rule matched them yet).
+        var created: [String] = []
+        /// (live set, swap set): the live set has the new members, the swap set the old ones.
+        var swapped: [(live: String, old: String)] = []
+    }
+
+    /// This namespace's ipset names; nil when the ipset tool cannot be run.
+    func ipsetNames() -> Set<String>? {
+        let (rc, out) = Firewall.run("ipset", ["list", "-n"])
+        guard rc == 0 else { return nil }
+        return Set(out.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
+    }
+
+    /// Makes each set hold exactly its members: a new set is created and filled; an existing
+    /// one (matched by running rules) gets a filled twin swapped in, atomically (`ipset swap`
+    /// exchanges the two sets under their names; rules follow the name's set). One `ipset
+    /// restore` per set, so a failure is known to be that set's, and what came before is undone.
+    func prepareSets(_ sets: [PeerSet]) throws -> SetUpdate {
+        var u = SetUpdate()
+        guard !sets.isEmpty else { return u }
+        guard let existing = ipsetNames() else {
+            let (rc, out) = Firewall.run("ipset", ["list", "-n"])
+            if rc == 127 || !PeerSet.toolInstalled { throw Failure(description: sets[0].missingToolMessage) }
+            throw Failure(description: "`ipset list -n` failed (\(out)); \(sets[0].summary): tcpaod needs an ipset for them (is the kernel's ip_set support there?)")
+        }
+        for set in sets {
+            var lines: [String] = []
+            if existing.contains(set.swapName) { lines.append("destroy \(set.swapName)") } // left by an interrupted update
+            let swap = existing.contains(set.name)
+            if swap {
+                lines += set.fill(set.swapName)
+                lines.append("swap \(set.swapName) \(set.name)")
+            } else {
+                lines += set.fill(set.name)
+            }
+            let (rc, out) = Firewall.run("ipset", ["restore"], input: lines.joined(separator: "\n") + "\n")
+            if rc != 0 {
+                // ipset restore stops at the first failing line: the swap (the last) did not happen.
+                Firewall.run("ipset", ["destroy", swap ? set.swapName : set.name])
+                rollBack(u)
+                throw Failure(description: "ipset refused the set \(set.name) (\(set.summary)): \(out)")
+            }
+            if swap { u.swapped.append((set.name, set.swapName)) } else { u.created.append(set.name) }
+        }
+        return u
+    }
+
+    /// The rules were not changed: the swapped sets get their old members back, the new sets go.
+    func rollBack(_ u: SetUpdate) {
+        for (live, old) in u.swapped {
+            Firewall.run("ipset", ["swap", old, live])
+            Firewall.run("ipset", ["destroy", old])
+        }
+        for name in u.created { Firewall.run("ipset", ["destroy", name]) }
+    }
+
+    /// The rules are in: the old members (now in the swap sets, matched by nothing) go.
+    func commit(_ u: SetUpdate) {
+        for (_, old) in u.swapped { Firewall.run("ipset", ["destroy", old]) }
+    }
+
+    /// Destroys this instance's sets not in `keeping` (no rule matches them any more; the
+    /// kernel refuses to destroy a set still in use, which then stays). Nothing when the ipset
+    /// tool is not installed: then no tcpaod made a set here.
+    func removeSets(keeping: Set<String>) {
+        guard let names = ipsetNames() else { return }
+        for n in names.sorted() where PeerSet.belongs(n, to: instance) && !keeping.contains(n) {
+            Firewall.run("ipset", ["destroy", n])
+        }
     }
 
     /// Removes this family's tcpaod chains, except those `keeping`'s script declares.

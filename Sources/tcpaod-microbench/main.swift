@@ -146,6 +146,47 @@ let algorithms: [AOAlgorithm] = [.hmacSHA1_96, .aes128CMAC_96, .hmacSHA256_96, .
 
 func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
 
+/// The per-segment peer lookup (`EngineConfig.peerIndex`, a longest-prefix match) with a few
+/// peers and with a fleet: one key chain per peer, IPv6 /128s in 2001:db8:ffff::/48 plus an IPv4
+/// /24 and an IPv6 /48; the addresses looked up hit the last peer, a /24, and miss. Its cost
+/// must not depend on the number of peers.
+@MainActor func peerConfig(_ n: Int) -> EngineConfig {
+    let chain = testChain(algorithm: .hmacSHA1_96)
+    var peers = [PeerPolicy(name: "v4", prefix: IPPrefix("198.51.100.0/24")!, ports: [830], keyChain: chain),
+                 PeerPolicy(name: "v6", prefix: IPPrefix("2001:db8:a::/48")!, keyChain: chain)]
+    for i in 0..<(n - 2) {
+        peers.append(PeerPolicy(name: "dev\(i)", prefix: IPPrefix(address: IPAddress(v6hi: 0x2001_0db8_ffff_0000, lo: UInt64(i + 1)), length: 128),
+                                keyChain: KeyChain(name: "k\(i)", keys: chain.keys)))
+    }
+    return EngineConfig(peers: peers)
+}
+
+nonisolated(unsafe) var lookupSink = 0
+@MainActor func measurePeerLookups() -> [(Int, [String: Double])] {
+    var out: [(Int, [String: Double])] = []
+    for n in [10, 50_000] {
+        let c = peerConfig(n)
+        let last = IPAddress(v6hi: 0x2001_0db8_ffff_0000, lo: UInt64(n - 2))
+        let v4 = IPAddress("198.51.100.7")!, miss = IPAddress("2001:db8:eeee::1")!
+        var row: [String: Double] = [:]
+        for (what, a) in [("hit /128", last), ("hit IPv4 /24", v4), ("miss", miss)] {
+            measure("lookup \(n) peers \(what)", "-", a.isV6 ? "IPv6" : "IPv4") {
+                if let i = c.peerIndex(remote: a, ports: 50000, 830) { lookupSink &+= i }
+            }
+            row[what] = rows.last!.nsPerSegment
+        }
+        if !checkAllocations {
+            // The scan of the peers it replaced, for comparison (not in the allocation check).
+            measure("scan \(n) peers (before)", "-", "IPv6") {
+                if let i = c.peerIndexByScan(remote: last, ports: 50000, 830) { lookupSink &+= i }
+            }
+            row["scan (before), hit /128"] = rows.removeLast().nsPerSegment
+        }
+        out.append((n, row))
+    }
+    return out
+}
+
 if checkAllocations {
     // The control: the same measuring loop around a body that allocates once per segment must
     // count at least one allocation per segment, or zeros below would prove nothing.
@@ -157,6 +198,7 @@ if checkAllocations {
     }
     measureAll(ipv4)
     measureAll(ipv6)
+    _ = measurePeerLookups()
     print("heap allocations in \(iterations) steady-state segments (1448-byte payload), \(rows.count) cases; control case: \(control.allocations)")
     for r in rows {
         print((r.allocations == 0 ? "ok    " : "FAIL  ") + pad(r.name, 32) + pad(r.algorithm, 18) + pad(r.family, 6)
@@ -176,12 +218,19 @@ if checkAllocations {
 }
 
 measureAll(ipv4)
+let lookups = measurePeerLookups()
 print("tcpaod micro-benchmark: 1448-byte payload (1500-byte IPv4 packet with timestamps), \(iterations) iterations each")
 print("CPU: \((try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?.split(separator: "\n").first { $0.hasPrefix("model name") }?.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "?")")
 print("")
 print(pad("operation", 32) + pad("algorithm", 18) + "ns/segment   allocations/segment")
 for r in rows {
     print(pad(r.name, 32) + pad(r.algorithm, 18) + String(format: "%10.0f   %.4f", r.nsPerSegment, r.allocationsPerSegment))
+}
+print("")
+print("peer lookup (EngineConfig.peerIndex, longest-prefix match), ns per lookup:")
+print(pad("", 24) + lookups.map { pad("\($0.0) peers", 16) }.joined())
+for what in ["hit /128", "hit IPv4 /24", "miss", "scan (before), hit /128"] {
+    print(pad(what, 24) + lookups.map { pad(String(format: "%.1f", $0.1[what] ?? 0), 16) }.joined())
 }
 if let path = ProcessInfo.processInfo.environment["MICROBENCH_JSON"] {
     let enc = JSONEncoder()

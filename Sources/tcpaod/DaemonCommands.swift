@@ -96,17 +96,20 @@ struct Rules: ParsableCommand {
             }
             let env = ProcessInfo.processInfo.environment
             let d = StopPolicy.decide(onExit: cfg.onExit, serviceResult: env["SERVICE_RESULT"], job: StopPolicy.currentJob(of: unit))
-            if d.removeRules { Firewall(backend: cfg.firewall).remove() }
+            if d.removeRules { Firewall(backend: cfg.firewall, instance: cfg.instance).remove() }
             print("tcpaod: rules \(d.removeRules ? "removed" : "kept"): \(d.reason) (SERVICE_RESULT=\(env["SERVICE_RESULT"] ?? "-") EXIT_CODE=\(env["EXIT_CODE"] ?? "-") EXIT_STATUS=\(env["EXIT_STATUS"] ?? "-"))")
             return
         }
         let cfg = try loadConfiguration(config, quietWarnings: true)
         if remove {
-            Firewall(backend: cfg.firewall).remove()
+            Firewall(backend: cfg.firewall, instance: cfg.instance).remove()
             print("tcpaod's chains removed (\(cfg.firewall.rawValue))")
             return
         }
         let r = RuleSet(cfg)
+        for set in r.sets {
+            print("# \(set.summary): feed to ipset restore before the rules\n" + set.fill(set.name).joined(separator: "\n"))
+        }
         if let v4 = r.v4 { print("# IPv4: feed to iptables-restore --noflush\n" + v4) }
         if let v6 = r.v6 { print("# IPv6: feed to ip6tables-restore --noflush\n" + v6) }
     }

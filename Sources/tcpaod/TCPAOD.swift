@@ -56,7 +56,7 @@ struct Check: ParsableCommand {
         case .memory:
             print("  flow state: memory (flow-state: memory): connections do not survive a restart of tcpaod")
         case .conntrack:
-            let problems = ConntrackRequirements.problems(backend: cfg.firewall, needIPv6: RuleSet(cfg).v6 != nil)
+            let problems = ConntrackRequirements.problems(backend: cfg.firewall, needIPv6: cfg.peers.contains { $0.prefix.address.isV6 })
             if problems.isEmpty {
                 let r = cfg.conntrackLabelBitRange
                 print("  flow state: conntrack: tcpaod's rules make conntrack active for the protected flows and reserve label space; tcpaod uses label bits \(r.lowerBound)-\(r.upperBound - 1)")
@@ -65,6 +65,13 @@ struct Check: ParsableCommand {
                 for p in problems { print("    - \(p)") }
                 print("    so \(ConntrackRequirements.fallback) (set flow-state: memory to say so and silence this)")
             }
+        }
+        // Large groups of peers sharing ports are matched by an ipset (RuleSet.setThreshold).
+        let sets = RuleSet(cfg).sets
+        let ipsetTool = sets.isEmpty || PeerSet.toolInstalled
+        for set in sets {
+            print(ipsetTool ? "  rules: \(set.summary): matched by the ipset \(set.name) (hash:net), not one rule pair each"
+                            : "  rules: \(set.missingToolMessage)")
         }
         if let m = cfg.metrics {
             print("  metrics: http://\(m.listen)/metrics (Prometheus text format; plain HTTP, no authentication)")

@@ -164,7 +164,7 @@ def write_config(name, peers, keys, mode="host", threads=2, queue=100, extra="")
 
 
 class Daemon:
-    def __init__(self, ns, config, name, env=None):
+    def __init__(self, ns, config, name, env=None, start_timeout=15):
         self.ns, self.config, self.name = ns, config, name
         self.logpath = os.path.join(WORK, name + ".log")
         self.stats_path = config.replace(".yaml", ".stats.json")
@@ -173,7 +173,7 @@ class Daemon:
         self.logf = open(self.logpath, "w")
         self.p = ns.popen([TCPAOD, "run", "--config", config], stdout=self.logf, stderr=subprocess.STDOUT,
                           env=dict(os.environ, **(env or {})))
-        deadline = time.time() + 15
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             if os.path.exists(self.stats_path):
                 return
@@ -1357,6 +1357,91 @@ def reload_replaces_rules_in_place():
         log("    reload: chains refilled in place (one jump each), IPv6 rules added, new peer protected; a bad file changed nothing")
         da.stop()
         db.stop()
+    finally:
+        topo.close()
+
+
+def fleet_config(name, n, real, keys, drop=()):
+    """A fleet: n peers in 2001:db8:ffff::/48 (one /128 each), each with its own key chain
+    (one MKT per peer pair), plus the `real` peers (name, prefix) on chain k."""
+    path = os.path.join(WORK, name + ".yaml")
+    stats = os.path.join(WORK, name + ".stats.json")
+    out = ["mode: host", "queue: 100", "threads: 2", "stats-file: %s" % stats, "stats-interval: 0", "key-chains:",
+           "  - name: k", "    keys:"] + [k.rstrip("\n") for k in keys]
+    for i in range(n):
+        if i not in drop:
+            out.append("  - { name: k%d, keys: [ { key-id: 1, send-id: 1, recv-id: 1, crypto-algorithm: hmac-sha-1-96, key-string: \"device %d\" } ] }" % (i, i))
+    out.append("peers:")
+    out += ["  - { name: %s, prefix: \"%s\", key-chain: k }" % r for r in real]
+    for i in range(n):
+        if i not in drop:
+            out.append("  - { name: dev%d, prefix: \"2001:db8:ffff::%x:%x/128\", key-chain: k%d }" % (i, (i + 1) >> 16, (i + 1) & 0xFFFF, i))
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def ipsets(ns):
+    """{name: number of entries} of the namespace's ipsets."""
+    out = {}
+    for name in ns.run(["ipset", "list", "-n"]).stdout.split():
+        m = re.search(r"Number of entries: (\d+)", ns.run(["ipset", "list", "-t", name]).stdout)
+        out[name] = int(m.group(1)) if m else -1
+    return out
+
+
+@test
+def many_peers_load_fast_and_protect():
+    """50,000 peers, each with its own key chain, plus the real peer: the daemon starts within a
+    generous bound, matches the fleet with one ipset (two rules, not 100,000), signs and
+    verifies a transfer to the real peer; a reload swaps the set's members in place; a stop
+    removes the set with the rules."""
+    if not shutil.which("ipset"):
+        raise Fail("the ipset tool is missing (apt-get install ipset): tcpaod needs it for large groups of peers")
+    n = 50000
+    topo = Topology()
+    try:
+        a, b = two_hosts(topo)
+        k = [key_yaml(1, 1, 1, "hmac-sha-1-96", SECRET)]
+        real = [("b", "192.0.2.2/32"), ("b6", "2001:db8:1::2/128")]
+        ca = fleet_config("a", n, real, k)
+        cb = write_config("b", [("a", "192.0.2.1/32", None), ("a6", "2001:db8:1::1/128", None)], k)
+        t0 = time.time()
+        r = sh([TCPAOD, "check", "--config", ca], timeout=120)
+        t_check = time.time() - t0
+        check("%d peer(s)" % (n + 2) in r.stdout and "ipset" in r.stdout, "check output:\n%s" % r.stdout[:2000])
+        t0 = time.time()
+        da = Daemon(a, ca, "a", start_timeout=90)
+        t_start = time.time() - t0
+        db = Daemon(b, cb, "b")
+        sets = ipsets(a)
+        mine = [s for s in sets if s.startswith("tcpaod-6-")]
+        check(len(mine) == 1 and sets[mine[0]] == n + 1, "expected one set of %d peers: %s" % (n + 1, sets))
+        v6 = a.run(["ip6tables", "-t", "mangle", "-S"]).stdout
+        check(v6.count("--match-set %s" % mine[0]) == 2 and v6.count("-j NFQUEUE") == 4, "rules:\n%s" % v6)
+        _, intact = transfer(a, b, "2001:db8:1::2", 5001, 2000000)
+        st = da.stats()
+        check(intact and counter(st, "signed", "b6") > 0 and counter(st, "verified", "b6") > 0, "the real peer is not protected: %s" % st["counters"]["peers"].get("b6"))
+        check(counter(db.stats(), "verified", "a6") > 0, "B verified nothing")
+        # Reload without 1,000 fleet peers: the set's members change in place (swap), rules stay.
+        fleet_config("a", n, real, k, drop=set(range(1000)))
+        t0 = time.time()
+        da.hup()
+        wait_for(lambda: da.stats().get("reloads", 0) >= 1, "the reload", 90)
+        t_reload = time.time() - t0
+        sets = ipsets(a)
+        check(sets.get(mine[0]) == n + 1 - 1000 and len([s for s in sets if s.startswith("tcpaod-6-")]) == 1, "after the reload: %s" % sets)
+        v6 = a.run(["ip6tables", "-t", "mangle", "-S"]).stdout
+        check(v6.count("-j TCPAOD-OUT") == 1 and v6.count("-j TCPAOD-IN") == 1, "jumps duplicated or lost:\n%s" % v6)
+        _, intact = transfer(a, b, "2001:db8:1::2", 5002, 500000)
+        check(intact, "transfer after the reload")
+        da.stop()
+        check(not [s for s in ipsets(a) if s.startswith("tcpaod")], "the set outlived the daemon: %s" % ipsets(a))
+        check("TCPAOD" not in a.rules(), "rules left after the stop:\n%s" % a.rules())
+        db.stop()
+        log("    %d peers: check %.1f s, start %.1f s (to the first stats), reload %.1f s (to the stats' reload count); one ipset, 2 rules; transfer signed and verified"
+            % (n + 2, t_check, t_start, t_reload))
     finally:
         topo.close()
 

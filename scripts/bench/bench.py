@@ -99,29 +99,29 @@ def cpu_busy_ticks():
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-def config(name, mode, max_flows=65536):
+def config(name, mode, max_flows=65536, threads=1, extra=""):
     path = os.path.join(WORK, name + ".yaml")
     peer = BIP if name == "a" else AIP
     alg = "aes-128-cmac-96" if mode == "e" else "hmac-sha-1-96"
-    extra = "passthrough: true\n" if mode == "c" else ("flow-state: memory\n" if mode in "fg" else "")
+    extra += "passthrough: true\n" if mode == "c" else ("flow-state: memory\n" if mode in "fg" else "")
     with open(path, "w") as f:
-        f.write("mode: host\nqueue: 100\nthreads: 1\nstats-file: %s/%s.stats.json\nstats-interval: 0\nmax-flows: %d\n%s"
+        f.write("mode: host\nqueue: 100\nthreads: %d\nstats-file: %s/%s.stats.json\nstats-interval: 0\nmax-flows: %d\n%s"
                 "key-chains:\n  - name: k\n    keys:\n      - { key-id: 1, send-id: 1, recv-id: 1, crypto-algorithm: %s, key-string: \"%s\" }\n"
                 "peers:\n  - { name: peer, prefix: %s/32, key-chain: k }\n"
-                % (WORK, name, max_flows, extra, alg, SECRET, peer))
+                % (threads, WORK, name, max_flows, extra, alg, SECRET, peer))
     os.chmod(path, 0o600)
     return path
 
 
 class Daemons:
-    def __init__(self, mode, max_flows=65536):
+    def __init__(self, mode, max_flows=65536, threads=1, extra=""):
         self.procs = []
         for name, n in (("a", A), ("b", B)):
             stats = os.path.join(WORK, name + ".stats.json")
             if os.path.exists(stats):
                 os.unlink(stats)
             logf = open(os.path.join(WORK, name + ".log"), "w")
-            p = subprocess.Popen(ns(n, [TCPAOD, "run", "--config", config(name, mode, max_flows)]), stdout=logf, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(ns(n, [TCPAOD, "run", "--config", config(name, mode, max_flows, threads, extra)]), stdout=logf, stderr=subprocess.STDOUT)
             self.procs.append((name, p))
             for _ in range(100):
                 if os.path.exists(stats):
@@ -282,13 +282,27 @@ def main():
     ap.add_argument("--modes", default="abcdefg")
     ap.add_argument("--flows", default="10000,100000")
     ap.add_argument("--soak", type=int, default=0)
+    # The peers part (scripts/bench/peers.py): check/start/reload times and per-packet costs with N peers.
+    ap.add_argument("--peers", default="", help="e.g. 1000,10000,50000")
+    # --fleet runs the fleet benchmark (fleet.py) instead of the above; its own options:
+    ap.add_argument("--fleet", action="store_true")
+    ap.add_argument("--fleet-n", default="1000,10000,max")
+    ap.add_argument("--fleet-seconds", type=int, default=10)
+    ap.add_argument("--fleet-reps", type=int, default=1)
+    ap.add_argument("--fleet-idle-seconds", type=int, default=30)
+    ap.add_argument("--fleet-idle-n", type=int, default=0)
+    # 2 workers per host, N connections between one host pair: queue-spread addresses vs connection.
+    ap.add_argument("--fleet-spread-n", type=int, default=1000)
     o = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
-    for src, out in (("tcpbench.c", "tcpbench"), ("idleconns.c", "idleconns")):
+    for src, out in (("tcpbench.c", "tcpbench"), ("idleconns.c", "idleconns"), ("fleetload.c", "fleetload")):
         r = run(["gcc", "-O2", "-o", os.path.join(WORK, out), os.path.join(HERE, src)])
         if r.returncode:
             raise SystemExit(r.stderr)
+    if o.fleet:
+        import fleet
+        return fleet.main(o, sys.modules[__name__])
     t_start = time.time()
     setup_net()
     result = {"machine": machine(), "settings": vars(o), "modes": {}}
@@ -326,6 +340,11 @@ def main():
             if num in o.modes and den in o.modes:
                 ratios["rr p50 %s/%s" % (num, den)] = result["modes"][num]["rr_p50_us"] / result["modes"][den]["rr_p50_us"]
         result["ratios"] = ratios
+        if o.peers:
+            import peers as peerbench
+            log("peers (one key chain per peer, tcpaod on host A):")
+            result["peers"] = peerbench.scale([int(x) for x in o.peers.split(",")], TCPAOD, WORK, ns, run, A, B, BIP, log,
+                                              os.environ.get("TCPAOD_MICROBENCH_BIN", os.path.join(os.path.dirname(TCPAOD), "tcpaod-microbench")))
         if o.flows:
             log("memory (tcpaod on host A, HMAC-SHA-1-96):")
             result["memory"] = memory([int(x) for x in o.flows.split(",")])
