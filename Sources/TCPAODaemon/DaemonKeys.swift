@@ -43,6 +43,17 @@ public enum KeyRequests {
         case "key-add": break
         default: throw ControlError(.unknownCommand, "`\(req.command)` is not a key command")
         }
+        let m = try material(req)
+        let key = NewKey(keyID: UInt64(keyID), sendID: m.sendID, recvID: m.recvID, algorithm: m.algorithm,
+                         includeOptions: try req.bool("include_options") ?? true,
+                         sendLifetime: try lifetime(req, "send_lifetime"), acceptLifetime: try lifetime(req, "accept_lifetime"),
+                         secret: m.secret)
+        return .add(chain: chain, key: key, prefer: try req.bool("prefer") ?? false)
+    }
+
+    /// A new key's `send_id`, `recv_id`, algorithm and secret (`secret_hex`; the decoded bytes
+    /// are wiped once the `Secret` holds them).
+    static func material(_ req: ControlRequest) throws(ControlError) -> (sendID: UInt8, recvID: UInt8, algorithm: AOAlgorithm, secret: Secret) {
         guard let send = try req.int("send_id", 0...255) else { throw ControlError(.badRequest, "`send_id` is missing: the TCP-AO KeyID we send with (0-255)") }
         guard let recv = try req.int("recv_id", 0...255) else { throw ControlError(.badRequest, "`recv_id` is missing: the TCP-AO KeyID we receive with (0-255)") }
         let alg = try algorithm(req)
@@ -53,11 +64,7 @@ public enum KeyRequests {
             throw ControlError(.badRequest, "`secret_hex` is not an even number of hexadecimal digits")
         }
         defer { for i in bytes.indices { bytes[i] = 0 } }
-        let key = NewKey(keyID: UInt64(keyID), sendID: UInt8(send), recvID: UInt8(recv), algorithm: alg,
-                         includeOptions: try req.bool("include_options") ?? true,
-                         sendLifetime: try lifetime(req, "send_lifetime"), acceptLifetime: try lifetime(req, "accept_lifetime"),
-                         secret: Secret(bytes))
-        return .add(chain: chain, key: key, prefer: try req.bool("prefer") ?? false)
+        return (UInt8(send), UInt8(recv), alg, Secret(bytes))
     }
 
     /// `algorithm` and the optional `mac_length`.
@@ -316,21 +323,12 @@ extension KeyRequests {
         }
         let flow = FlowKey(local: try address("local"), remote: try address("remote"), localPort: try port("local_port"), remotePort: try port("remote_port"))
         guard flow.local.isV6 == flow.remote.isV6 else { throw ControlError(.badRequest, "`connection.local` and `remote` are of different families") }
-        guard let send = try req.int("send_id", 0...255) else { throw ControlError(.badRequest, "`send_id` is missing: the TCP-AO KeyID we send with (0-255)") }
-        guard let recv = try req.int("recv_id", 0...255) else { throw ControlError(.badRequest, "`recv_id` is missing: the TCP-AO KeyID we receive with (0-255)") }
-        let alg = try algorithm(req)
-        guard let hex = try req.string("secret_hex") else {
-            throw ControlError(.badRequest, "`secret_hex` is missing: the master key, hexadecimal")
-        }
-        guard var bytes = [UInt8](hex: hex) else {
-            throw ControlError(.badRequest, "`secret_hex` is not an even number of hexadecimal digits")
-        }
-        defer { for i in bytes.indices { bytes[i] = 0 } }
-        guard !bytes.isEmpty else {
+        let m = try material(req)
+        guard m.secret.count > 0 else {
             throw ControlError(.invalidKey, "the secret is empty: a TCP-AO master key needs at least 1 byte, or anyone can compute the MAC")
         }
-        let mkt = MKT(chainKeyID: 0, sendID: UInt8(send), recvID: UInt8(recv), algorithm: alg,
-                      includeOptions: try req.bool("include_options") ?? true, secret: Secret(bytes))
+        let mkt = MKT(chainKeyID: 0, sendID: m.sendID, recvID: m.recvID, algorithm: m.algorithm,
+                      includeOptions: try req.bool("include_options") ?? true, secret: m.secret)
         return (flow, mkt)
     }
 }

@@ -155,6 +155,17 @@ def test(fn):
     return fn
 
 
+def two_sides(topo, sides):
+    """Two hosts, each with its tcpaod (default MKT for the other); the Sides are appended to
+    `sides` as they start, so the caller's cleanup stops whatever started."""
+    a_ns, b_ns = two_hosts(topo)
+    a = Side(a_ns, "tls-a", "b", B_IP)
+    sides.append(a)
+    b = Side(b_ns, "tls-b", "a", A_IP)
+    sides.append(b)
+    return a_ns, b_ns, a, b
+
+
 @test
 def tls_exporter_moves_the_connection_to_its_own_mkt():
     """The agent pair, TLS 1.3 through tcpaod with the default MKT (KeyID 1), derives an MKT from
@@ -167,11 +178,7 @@ def tls_exporter_moves_the_connection_to_its_own_mkt():
     topo = Topology()
     sides = []
     try:
-        a_ns, b_ns = two_hosts(topo)
-        a = Side(a_ns, "tls-a", "b", B_IP)
-        sides.append(a)
-        b = Side(b_ns, "tls-b", "a", A_IP)
-        sides.append(b)
+        a_ns, b_ns, a, b = two_sides(topo, sides)
         cert, key = make_certificate()
         default_mkt = "1:%s:%s" % (DEFAULT_ALG, SECRET.encode().hex())
         cap = Capture(a_ns, "va", "tcp")
@@ -333,11 +340,7 @@ def key_add_for_a_missing_connection_is_refused():
     topo = Topology()
     sides = []
     try:
-        a_ns, b_ns = two_hosts(topo)
-        a = Side(a_ns, "tls-a", "b", B_IP)
-        sides.append(a)
-        b = Side(b_ns, "tls-b", "a", A_IP)
-        sides.append(b)
+        a_ns, b_ns, a, b = two_sides(topo, sides)
         b_ns.popen(["socat", "TCP4-LISTEN:830,reuseaddr,fork", "EXEC:cat"], stderr=subprocess.DEVNULL)
         wait_for(lambda: listening(b_ns, 830), "the echo server")
         stop = os.path.join(WORK, "stop-neg")
