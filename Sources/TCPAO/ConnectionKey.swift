@@ -7,7 +7,9 @@
 // segment from the peer verified with the connection's MKT, the peer's configured keys are no
 // longer accepted on this connection: a party who knows only those can no longer inject.
 // The MKT lives with the connection's flow and is forgotten with it (and with a new
-// connection on the same 4-tuple); it is held in memory only (not in the conntrack label).
+// connection on the same 4-tuple); it is held in memory only (not in the conntrack label): a
+// connection restored from its label after a restart uses the peer's configured keys only, and
+// one whose label names a KeyID those do not have (it had moved to its own MKT) is not restored.
 
 /// A connection's own MKT and the key chain the connection uses with it: the peer's chain's
 /// keys at their indices (so per-key counters and cached contexts stay valid), the MKT last
@@ -39,9 +41,12 @@ final class ConnectionKey: @unchecked Sendable {
 
     static func chain(_ mkt: MKT, base: KeyChain, exclusive: Bool) -> KeyChain {
         var keys = base.keys
-        if exclusive {
-            let never = Lifetime(start: .max, end: .max)
-            for i in keys.indices { keys[i].sendLifetime = never; keys[i].acceptLifetime = never }
+        let never = Lifetime(start: .max, end: .max)
+        // Exclusive: the configured keys are done. Before: a configured key that shares a KeyID
+        // with the MKT (one added by a reload since, RFC 5925 3.1) is left out, not the MKT.
+        for i in keys.indices where exclusive || keys[i].sendID == mkt.sendID || keys[i].recvID == mkt.recvID {
+            keys[i].sendLifetime = never
+            keys[i].acceptLifetime = never
         }
         keys.append(mkt)
         return KeyChain(name: base.name, keys: keys, pinned: keys.count - 1)
@@ -105,10 +110,6 @@ extension AOEngine {
     func flowChain(_ i: Int, peer: Int) -> KeyChain {
         table.entries[i].connectionKey?.chain ?? config.peers[peer].keyChain
     }
-
-    /// Per-key counters exist for the peer's configured keys only.
-    @inline(__always)
-    func isConfiguredKey(_ k: Int, peer: Int) -> Bool { k < config.peers[peer].keyChain.keys.count }
 
     /// A verified segment from the peer: if it was signed with the connection's MKT, the peer's
     /// configured keys are no longer accepted on this connection.

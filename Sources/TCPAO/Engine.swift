@@ -177,7 +177,7 @@ public struct AOEngine: ~Copyable {
                 // 7.4 step 1.b: a segment of a connection whose SYN we never saw cannot be
                 // signed -- unless its state was kept outside (a restart): then it is signed
                 // with that state (a wrong label only makes the peer drop it).
-                guard let l = loadLabel(key) else { return dropped(.noState, peer: peer) }
+                guard let l = loadLabel(key), l.usesOnlyKeysOf(config.peers[peer].keyChain) else { return dropped(.noState, peer: peer) }
                 state = l.restoredState(now: clock.mono)
                 restored = true
             }
@@ -191,7 +191,8 @@ public struct AOEngine: ~Copyable {
             created = true
         }
         let i = found.unsafelyUnwrapped
-        let chain = flowChain(i, peer: peer)
+        // A SYN starts a connection: never with another connection's own MKT (RFC 5925 3.1).
+        let chain = seg.isSYN ? config.peers[peer].keyChain : flowChain(i, peer: peer)
         let before = table.entries[i].state
         let decision = table.entries[i].state.planEgress(seg, chain: chain, wall: clock.wall, mono: clock.mono)
         noteTransition(i, from: before)
@@ -235,7 +236,7 @@ public struct AOEngine: ~Copyable {
             AOMAC.sign(p, s, key: table.entries[i].send!, sne: plan.sne, includeOptions: includeOptions)
         }
         counters.bump(.signed, peer: peer)
-        if isConfiguredKey(plan.mkt, peer: peer) { counters.bump(.signed, peer: peer, key: plan.mkt) }
+        if plan.mkt != chain.pinned { counters.bump(.signed, peer: peer, key: plan.mkt) }
         table.entries[i].signed &+= 1
         persist(i, peer: peer, now: clock.mono)
         return .acceptModified(length: s.length)
@@ -247,7 +248,8 @@ public struct AOEngine: ~Copyable {
         let key = FlowKey(local: seg.dst, remote: seg.src, localPort: seg.dstPort, remotePort: seg.srcPort)
         let h = table.hash(key)
         let found = table.find(key, hash: h)
-        let chain = found.map { flowChain($0, peer: peer) } ?? config.peers[peer].keyChain
+        // A SYN starts a connection: never with another connection's own MKT (RFC 5925 3.1).
+        let chain = seg.isSYN ? config.peers[peer].keyChain : (found.map { flowChain($0, peer: peer) } ?? config.peers[peer].keyChain)
         guard seg.hasAO else {
             // No TCP-AO from a peer that has keys: dropped, unless the peer is being migrated.
             guard config.peers[peer].acceptKeyMismatch else {
@@ -291,7 +293,7 @@ public struct AOEngine: ~Copyable {
         } else if seg.isSYNWithoutACK {
             state = FlowState(phase: .synReceived, now: clock.mono)
         } else if let k = chain.acceptKey(recvID: keyID, at: clock.wall), chain.keys[k].algorithm.macLength == seg.aoMACLength {
-            guard let l = loadLabel(key) else { return dropped(.noState, peer: peer) }
+            guard let l = loadLabel(key), l.usesOnlyKeysOf(chain) else { return dropped(.noState, peer: peer) }
             state = l.restoredState(now: clock.mono)
             restored = true
         } else {
@@ -331,7 +333,7 @@ public struct AOEngine: ~Copyable {
             fresh = consume k
         }
         guard ok else {
-            if isConfiguredKey(plan.mkt, peer: peer) { counters.bump(.badMAC, peer: peer, key: plan.mkt) }
+            if plan.mkt != chain.pinned { counters.bump(.badMAC, peer: peer, key: plan.mkt) }
             if restored { counters.bump(.restoreFailed, peer: peer) }
             if let i = found { table.entries[i].dropped &+= 1 }
             return dropped(.badMAC, peer: peer)
@@ -356,7 +358,7 @@ public struct AOEngine: ~Copyable {
             table.entries[i].recvAlgorithm = alg
         }
         counters.bump(.verified, peer: peer)
-        if isConfiguredKey(plan.mkt, peer: peer) { counters.bump(.verified, peer: peer, key: plan.mkt) }
+        if plan.mkt != chain.pinned { counters.bump(.verified, peer: peer, key: plan.mkt) }
         noteConnectionKeyUse(i, key: plan.mkt, peer: peer)
         table.entries[i].verified &+= 1
         // 7.5: "remove TCP-AO from the segment" before TCP sees it.

@@ -60,6 +60,15 @@ public struct FlowLabel: Sendable, Equatable, CustomStringConvertible {
                   reservedOptionWords: UInt8(min(Int(s.reservedOptionLength) / 4, 15)))
     }
 
+    /// Whether the KeyIDs the label names (the one we sent with, the one the peer asked for) are
+    /// SendIDs of `chain`. Not so for a connection that had moved to its own MKT (held in
+    /// memory only, gone with a restart): restoring it with the chain's keys would let them
+    /// sign and verify that connection again.
+    public func usesOnlyKeysOf(_ chain: KeyChain) -> Bool {
+        chain.keys.contains { $0.sendID == currentSendID }
+            && (peerRNextKeyID.map { r in chain.keys.contains { $0.sendID == r } } ?? true)
+    }
+
     /// The state of a connection restored from its label: synchronized, with each direction's
     /// SNE reference at the start of the quarter it was last written in.
     public func restoredState(now: UInt32) -> FlowState {

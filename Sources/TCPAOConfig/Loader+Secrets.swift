@@ -8,7 +8,7 @@ extension ConfigLoader {
     /// RFC 5925 5.3 advises master keys of 12-24 bytes (after RFC 3562) but sets no minimum.
     static let advisedSecretLength = 12
     /// Below this a key is "far too short" (a louder warning, still not an error).
-    static let weakSecretLength = 8
+    public static let weakSecretLength = 8
     /// Linux's TCP-AO (`TCP_AO_MAXKEYLEN`) refuses longer keys.
     static let linuxMaxSecretLength = 80
 

@@ -252,7 +252,9 @@ extension Daemon {
     /// forgotten with the connection.
     func addConnectionKey(_ req: ControlRequest, _ w: inout JSONWriter) throws(ControlError) {
         let (flow, mkt) = try KeyRequests.connectionKey(req)
-        guard config.peers.contains(where: { $0.prefix.contains(flow.remote) }) else {
+        // On a client thread: the configuration as published (the control queue replaces `config`).
+        let peers = published.withLock { $0.config.peers }
+        guard peers.contains(where: { $0.prefix.contains(flow.remote) }) else {
             throw ControlError(.unknownConnection, "\(flow.remote) is in no peer's prefix: connection \(flow) is not protected by tcpaod (`remote` is the far end; in gateway mode `local` is the protected host)")
         }
         let wall = Int64(Date().timeIntervalSince1970)
@@ -324,8 +326,8 @@ extension KeyRequests {
         let flow = FlowKey(local: try address("local"), remote: try address("remote"), localPort: try port("local_port"), remotePort: try port("remote_port"))
         guard flow.local.isV6 == flow.remote.isV6 else { throw ControlError(.badRequest, "`connection.local` and `remote` are of different families") }
         let m = try material(req)
-        guard m.secret.count > 0 else {
-            throw ControlError(.invalidKey, "the secret is empty: a TCP-AO master key needs at least 1 byte, or anyone can compute the MAC")
+        guard m.secret.count >= ConfigLoader.weakSecretLength else {
+            throw ControlError(.invalidKey, "the secret is \(m.secret.count == 0 ? "empty" : "only \(m.secret.count) bytes"): a connection's MKT needs at least \(ConfigLoader.weakSecretLength) (the TLS exporter gives 32)")
         }
         let mkt = MKT(chainKeyID: 0, sendID: m.sendID, recvID: m.recvID, algorithm: m.algorithm,
                       includeOptions: try req.bool("include_options") ?? true, secret: m.secret)

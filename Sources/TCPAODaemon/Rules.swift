@@ -92,6 +92,9 @@ public struct RuleSet: Sendable, Equatable {
         for (i, q) in cfg.queues.enumerated() {
             out.append("-A \(spreadChain) -m mark --mark \(marks.lowerBound + UInt32(i)) -j NFQUEUE --queue-num \(q)\(bypass)")
         }
+        // HMARK leaves a packet it cannot hash (an ICMP error too short to quote a header)
+        // unmarked: queued by address rather than falling back to the chain that jumped here.
+        out.append("-A \(spreadChain) -j \(balance(cfg))")
         return out
     }
 

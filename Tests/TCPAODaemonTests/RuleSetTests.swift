@@ -108,6 +108,7 @@ import TCPAOConfig
             -A TCPAOD-QUEUE -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 2 --hmark-offset 1950416896 --hmark-rnd 1952673889
             -A TCPAOD-QUEUE -m mark --mark 1950416896 -j NFQUEUE --queue-num 100
             -A TCPAOD-QUEUE -m mark --mark 1950416897 -j NFQUEUE --queue-num 101
+            -A TCPAOD-QUEUE -j NFQUEUE --queue-balance 100:101
             COMMIT
 
             """), "\(v4)")

@@ -61,3 +61,42 @@ import TCPAOTestSupport
         #expect(why3.contains("has its own MKT already"))
     }
 }
+
+/// Review findings: a connection's own MKT never leaks to a new connection on its 4-tuple, nor
+/// is a connection that had moved to it restored with the chain's keys.
+@Suite struct ConnectionKeyBoundaryTests {
+    typealias L = KeyLifecycleTests
+    typealias C = ConnectionKeyTests
+
+    @Test func aNewConnectionOnTheSameFourTupleStartsWithTheChain() {
+        let (ca, cb) = L.configs(KeyChain(name: "c", keys: [L.key(1, .hmacSHA1_96, "the default key")]))
+        var h = TwoHosts(configA: ca, configB: cb, wall: L.now)
+        let (c, s, sc, ss) = L.open(&h)
+        #expect(h.engineA.installConnectionKey(C.flowA, C.own(), wall: L.now) == .installed)
+        #expect(h.engineB.installConnectionKey(C.flowB, C.own(), wall: L.now) == .installed)
+        _ = h.send(c.segment(seq: sc, ack: ss, flags: 0x18, options: PacketBuilder.tsOptions(), payload: [1]), from: .a)
+        _ = h.send(s.segment(seq: ss, ack: sc &+ 1, flags: 0x18, options: PacketBuilder.tsOptions(), payload: [2]), from: .b)
+        let x = h.send(c.segment(seq: sc &+ 1, ack: ss &+ 1, flags: 0x18, options: PacketBuilder.tsOptions(), payload: [3]), from: .a)
+        #expect(L.keyID(x.onWire) == 100)
+        // Both ends reset the connection (RST with the MKT), then the 4-tuple is reused at once.
+        let r = h.send(c.segment(seq: sc &+ 2, ack: ss &+ 1, flags: 0x14, options: PacketBuilder.tsOptions()), from: .a)
+        #expect(L.keyID(r.onWire) == 100 && r.delivered != nil)
+        let syn = h.send(c.segment(seq: 0x9000, flags: 0x02, options: PacketBuilder.synOptions()), from: .a)
+        #expect(L.keyID(syn.onWire) == 1 && syn.delivered != nil, "the new SYN: \(String(describing: syn.ingress))")
+        let synAck = h.send(s.segment(seq: 0xA000, ack: 0x9001, flags: 0x12, options: PacketBuilder.synOptions()), from: .b)
+        #expect(L.keyID(synAck.onWire) == 1 && synAck.delivered != nil, "the new SYN-ACK: \(String(describing: synAck.ingress))")
+    }
+
+    @Test func aLabelNamingAKeyIDTheChainLacksIsNotRestored() {
+        let chain = KeyChain(name: "c", keys: [L.key(1, .hmacSHA1_96, "the default key")])
+        let label = FlowLabel(localISN: 1, remoteISN: 2, sendSNE: 0, recvSNE: 0, sendQuarter: 0, recvQuarter: 0,
+                              currentSendID: 1, peerRNextKeyID: 1, reservedOptionWords: 4)
+        #expect(label.usesOnlyKeysOf(chain))
+        var moved = label
+        moved.currentSendID = 100
+        #expect(!moved.usesOnlyKeysOf(chain))
+        var asked = label
+        asked.peerRNextKeyID = 100
+        #expect(!asked.usesOnlyKeysOf(chain))
+    }
+}
