@@ -301,8 +301,11 @@ def systemd_unit_under_real_systemd():
         restored = total_counter(container, "flows-restored")
         log("    systemctl restart: connections carry on (stall %.2f s), %d flows restored from conntrack labels" % (stall, restored))
 
-        status = container.show("StatusText")
-        check(re.search(r"\d+ flows?", status) and "verified" in status, "STATUS= has no counter summary: %r" % status)
+        # STATUS= gets the counter summary every 5 s (the first a second after the start).
+        def summary():
+            t = container.show("StatusText")
+            return t if re.search(r"\d+ flows?", t) and "verified" in t else None
+        status = wait_for(summary, "STATUS= with a counter summary", 15)
         log("    STATUS=: %s" % status)
 
         # A stuck packet worker: one worker thread frozen; the watchdog stops being fed and
