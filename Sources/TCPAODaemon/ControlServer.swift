@@ -28,9 +28,7 @@ public final class ControlServer: @unchecked Sendable {
     /// A client that reads nothing of its answer for this long is dropped.
     public var sendStallMs = 5_000
 
-    private let acceptQueue = DispatchQueue(label: "tcpaod.control-socket")
-    private var source: DispatchSourceRead?
-    private let clients = Atomic<Int>(0)
+    private var listener: ThreadedListener?
     /// The socket file this server made (device, inode), so that `stop` removes it and never
     /// another daemon's.
     private var made: (dev: UInt64, ino: UInt64)?
@@ -94,11 +92,17 @@ public final class ControlServer: @unchecked Sendable {
             removeSocketFile()
             throw ControlServerError(description: "listening on the control socket \(path): \(Sys.describe(Int(e)))")
         }
-        let src = DispatchSource.makeReadSource(fileDescriptor: fd, queue: acceptQueue)
-        src.setEventHandler { [unowned self] in acceptAll(fd) }
-        src.setCancelHandler { close(fd) }
-        source = src
-        src.resume()
+        let l = ThreadedListener(label: "tcpaod.control-socket", threadName: "tcpaod.control-client", maxClients: ControlServer.maxClients,
+                                 admit: { c in
+                                     // Only root and the daemon's own user (the socket's mode already says so).
+                                     guard let uid = UnixSocket.peerUID(c), uid != 0, uid != geteuid() else { return true }
+                                     _ = UnixSocket.sendAll(c, ControlDispatcher.errorLine(ControlError(.permissionDenied, "permission denied: the control socket answers root only")), stallMs: 100)
+                                     return false
+                                 },
+                                 busy: { ControlDispatcher.errorLine(ControlError(.busy, "busy: \(ControlServer.maxClients) clients are connected; try again")) },
+                                 serve: { [self] c in serve(c) })
+        l.start(fd)
+        listener = l
         return .listening
     }
 
@@ -111,8 +115,7 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Stops accepting and removes the socket file (if it is still the one this server made).
     public func stop() {
-        source?.cancel()
-        source = nil
+        listener?.stop()
         removeSocketFile()
     }
 
@@ -121,44 +124,6 @@ public final class ControlServer: @unchecked Sendable {
         var st = stat()
         if lstat(path, &st) == 0, UInt64(st.st_dev) == m.dev, UInt64(st.st_ino) == m.ino { unlink(path) }
         made = nil
-    }
-
-    private func acceptAll(_ lfd: Int32) {
-        while true {
-            let c = accept(lfd, nil, nil)
-            if c < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                // Out of descriptors or memory: the pending connection keeps the (level-triggered)
-                // source firing at once; pause it for 100 ms instead of spinning.
-                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM, let s = source {
-                    s.suspend()
-                    nonisolated(unsafe) let paused = s // resumed once, on this same queue
-                    acceptQueue.asyncAfter(deadline: .now() + .milliseconds(100)) { paused.resume() }
-                }
-                return // EAGAIN: all taken; anything else: the next event retries
-            }
-            UnixSocket.setNonblocking(c)
-            // Only root and the daemon's own user (the socket's mode already says so).
-            if let uid = UnixSocket.peerUID(c), uid != 0, uid != geteuid() {
-                _ = UnixSocket.sendAll(c, ControlDispatcher.errorLine(ControlError(.permissionDenied, "permission denied: the control socket answers root only")), stallMs: 100)
-                close(c)
-                continue
-            }
-            if clients.add(1, ordering: .relaxed).newValue > ControlServer.maxClients {
-                clients.subtract(1, ordering: .relaxed)
-                _ = UnixSocket.sendAll(c, ControlDispatcher.errorLine(ControlError(.busy, "busy: \(ControlServer.maxClients) clients are connected; try again")), stallMs: 100)
-                close(c)
-                continue
-            }
-            let t = Thread { [self] in
-                serve(c)
-                close(c)
-                clients.subtract(1, ordering: .relaxed)
-            }
-            t.name = "tcpaod.control-client"
-            t.start()
-        }
     }
 
     /// Answers the requests of one connection, in order, until it closes, misbehaves or idles.

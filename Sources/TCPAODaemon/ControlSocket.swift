@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -84,5 +85,80 @@ enum UnixSocket {
         let SO_PEERCRED: Int32 = 17
         guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, len >= 12 else { return nil }
         return cred.1
+    }
+}
+
+/// The accept loop of a listening socket whose clients each get a thread of their own (the
+/// control socket, the metrics endpoint): at most `maxClients` at once, one more is sent `busy`
+/// and closed. A failed accept for want of descriptors or memory leaves the pending connection
+/// keeping the (level-triggered) source firing: it is paused for 100 ms instead of spinning.
+final class ThreadedListener: @unchecked Sendable {
+    let maxClients: Int
+    private let threadName: String
+    private let queue: DispatchQueue
+    private var source: DispatchSourceRead?
+    private let clients = Atomic<Int>(0)
+    /// Called first for each connection; false: it was refused (answered and left to close).
+    private let admit: (Int32) -> Bool
+    private let busy: () -> [UInt8]
+    private let serve: @Sendable (Int32) -> Void
+
+    init(label: String, threadName: String, maxClients: Int, admit: @escaping (Int32) -> Bool = { _ in true },
+         busy: @escaping () -> [UInt8], serve: @escaping @Sendable (Int32) -> Void) {
+        queue = DispatchQueue(label: label)
+        self.threadName = threadName
+        self.maxClients = maxClients
+        self.admit = admit
+        self.busy = busy
+        self.serve = serve
+    }
+
+    /// Starts accepting on `fd` (listening, non-blocking); `stop` closes it.
+    func start(_ fd: Int32) {
+        let src = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        src.setEventHandler { [unowned self] in acceptAll(fd) }
+        src.setCancelHandler { close(fd) }
+        source = src
+        src.resume()
+    }
+
+    func stop() {
+        source?.cancel()
+        source = nil
+    }
+
+    private func acceptAll(_ lfd: Int32) {
+        while true {
+            let c = accept(lfd, nil, nil)
+            if c < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM, let s = source {
+                    s.suspend()
+                    nonisolated(unsafe) let paused = s // resumed once, on this same queue
+                    queue.asyncAfter(deadline: .now() + .milliseconds(100)) { paused.resume() }
+                }
+                return // EAGAIN: all taken; anything else: the next event retries
+            }
+            UnixSocket.setNonblocking(c)
+            guard admit(c) else {
+                close(c)
+                continue
+            }
+            if clients.add(1, ordering: .relaxed).newValue > maxClients {
+                clients.subtract(1, ordering: .relaxed)
+                _ = UnixSocket.sendAll(c, busy(), stallMs: 100)
+                close(c)
+                continue
+            }
+            let serve = self.serve
+            let t = Thread { [self] in
+                serve(c)
+                close(c)
+                clients.subtract(1, ordering: .relaxed)
+            }
+            t.name = threadName
+            t.start()
+        }
     }
 }

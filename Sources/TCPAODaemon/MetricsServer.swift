@@ -132,9 +132,7 @@ public final class MetricsServer: @unchecked Sendable {
     /// A client that reads nothing of its answer for this long is dropped.
     public var sendStallMs = 5_000
 
-    private let acceptQueue = DispatchQueue(label: "tcpaod.metrics")
-    private var source: DispatchSourceRead?
-    private let clients = Atomic<Int>(0)
+    private var listener: ThreadedListener?
     /// The port bound (the configured one; the kernel's choice for port 0, in tests).
     public private(set) var port: UInt16 = 0
 
@@ -164,16 +162,15 @@ public final class MetricsServer: @unchecked Sendable {
             throw MetricsServerError(description: "metrics: listen on \(address): \(Sys.describe(Int(e)))")
         }
         port = MetricsServer.boundPort(fd) ?? address.port
-        let src = DispatchSource.makeReadSource(fileDescriptor: fd, queue: acceptQueue)
-        src.setEventHandler { [unowned self] in acceptAll(fd) }
-        src.setCancelHandler { close(fd) }
-        source = src
-        src.resume()
+        let l = ThreadedListener(label: "tcpaod.metrics", threadName: "tcpaod.metrics-client", maxClients: MetricsServer.maxClients,
+                                 busy: { MetricsHTTP.response(503, "busy: \(MetricsServer.maxClients) clients are connected; try again\n") },
+                                 serve: { [self] c in serve(c) })
+        l.start(fd)
+        listener = l
     }
 
     public func stop() {
-        source?.cancel()
-        source = nil
+        listener?.stop()
     }
 
     static func withSockaddr<R>(_ a: ListenAddress, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
@@ -200,38 +197,6 @@ public final class MetricsServer: @unchecked Sendable {
         return withUnsafeBytes(of: &ss) { raw in
             // sin_port and sin6_port are both at offset 2, in network order.
             UInt16(raw[2]) << 8 | UInt16(raw[3])
-        }
-    }
-
-    private func acceptAll(_ lfd: Int32) {
-        while true {
-            let c = accept(lfd, nil, nil)
-            if c < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                // Out of descriptors or memory: the pending connection keeps the (level-triggered)
-                // source firing at once; pause it for 100 ms instead of spinning.
-                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM, let s = source {
-                    s.suspend()
-                    nonisolated(unsafe) let paused = s // resumed once, on this same queue
-                    acceptQueue.asyncAfter(deadline: .now() + .milliseconds(100)) { paused.resume() }
-                }
-                return // EAGAIN: all taken; anything else: the next event retries
-            }
-            UnixSocket.setNonblocking(c)
-            if clients.add(1, ordering: .relaxed).newValue > MetricsServer.maxClients {
-                clients.subtract(1, ordering: .relaxed)
-                _ = UnixSocket.sendAll(c, MetricsHTTP.response(503, "busy: \(MetricsServer.maxClients) clients are connected; try again\n"), stallMs: 100)
-                close(c)
-                continue
-            }
-            let t = Thread { [self] in
-                serve(c)
-                close(c)
-                clients.subtract(1, ordering: .relaxed)
-            }
-            t.name = "tcpaod.metrics-client"
-            t.start()
         }
     }
 
