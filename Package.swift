@@ -3,7 +3,8 @@ import PackageDescription
 
 // Layers (swift-nio style): a pure TCP-AO core with no I/O, then thin shells.
 //   TCPAO        packet views, option editing, checksums, KDF/MAC, SNE, key chains, flow state machine
-//   TCPAOConfig  the YAML configuration (parsing, validation with file:line locations)
+//   TCPAOConfig  the YAML configuration (parsing, validation with file:line locations); it reads
+//                libyaml's events through Yams's CYaml module (YAMLDocument.swift)
 //   TCPAOPcap    pcap/pcapng reading and the verify-pcap engine
 //   TCPAODaemon  NFQUEUE workers, iptables rules, signals, logging, the control socket, metrics
 //   tcpaod       the command line
@@ -48,7 +49,7 @@ let package = Package(
         .testTarget(name: "TCPAOTests", dependencies: [
             "TCPAO", "TCPAOTestSupport", "CLibCrypto", .product(name: "PropertyBased", package: "swift-property-based"),
         ], resources: [.copy("Resources")]),
-        .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig", "TCPAO", "TCPAOTestSupport"]),
+        .testTarget(name: "TCPAOConfigTests", dependencies: ["TCPAOConfig", "TCPAO", "TCPAOTestSupport", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "TCPAODaemonTests", dependencies: ["TCPAODaemon", "TCPAOConfig", "TCPAO"]),
         .testTarget(name: "TCPAOPcapTests", dependencies: ["TCPAOPcap", "TCPAOConfig", "TCPAO", "TCPAOTestSupport"],
                     resources: [.copy("Resources")]),

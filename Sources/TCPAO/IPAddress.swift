@@ -49,24 +49,29 @@ public struct IPAddress: Hashable, Sendable, Comparable, Codable, CustomStringCo
     // MARK: parsing
 
     public init?(_ text: some StringProtocol) {
-        let s = String(text)
-        if s.contains(":") {
-            guard let (h, l) = IPAddress.parseV6(Array(s.utf8)) else { return nil }
-            self.init(v6hi: h, lo: l)
-        } else {
-            guard let v = IPAddress.parseV4(Array(s.utf8)) else { return nil }
-            self.init(v4: v)
-        }
+        var s = String(text)
+        guard let v = s.withUTF8({ IPAddress.parse($0) }) else { return nil }
+        self = v
     }
 
-    static func parseV4(_ u: [UInt8]) -> UInt32? {
-        var parts: [UInt32] = []
+    /// Dotted-quad IPv4 or RFC 4291 2.2 IPv6 text (an embedded IPv4 tail allowed), over the
+    /// bytes in place: no allocation (a 50,000-peer configuration parses 50,000 prefixes).
+    static func parse(_ u: UnsafeBufferPointer<UInt8>) -> IPAddress? {
+        if u.contains(0x3A) {
+            guard let (h, l) = parseV6(u) else { return nil }
+            return IPAddress(v6hi: h, lo: l)
+        }
+        return parseV4(u).map { IPAddress(v4: $0) }
+    }
+
+    static func parseV4(_ u: UnsafeBufferPointer<UInt8>) -> UInt32? {
+        var result: UInt32 = 0
         var cur: UInt32 = 0
-        var digits = 0
+        var digits = 0, dots = 0
         for c in u {
             if c == 0x2E {
-                guard digits > 0 else { return nil }
-                parts.append(cur); cur = 0; digits = 0
+                guard digits > 0, dots < 3 else { return nil }
+                result = result << 8 | cur; cur = 0; digits = 0; dots += 1
             } else if c >= 0x30 && c <= 0x39 {
                 // No leading zeros: "010" is ambiguous (octal in inet_aton), refuse it.
                 if digits == 1 && cur == 0 { return nil }
@@ -74,70 +79,71 @@ public struct IPAddress: Hashable, Sendable, Comparable, Codable, CustomStringCo
                 if cur > 255 { return nil }
             } else { return nil }
         }
-        guard digits > 0 else { return nil }
-        parts.append(cur)
-        guard parts.count == 4 else { return nil }
-        return parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | parts[3]
+        guard digits > 0, dots == 3 else { return nil }
+        return result << 8 | cur
     }
 
-    static func parseV6(_ u: [UInt8]) -> (UInt64, UInt64)? {
-        // Split at "::" (at most one), parse groups on each side; an embedded IPv4 tail is allowed.
-        let text = u
-        var head: [UInt16] = []
-        var tail: [UInt16] = []
-        var sawDouble = false
-        func groups(_ part: ArraySlice<UInt8>) -> [UInt16]? {
-            if part.isEmpty { return [] }
-            var out: [UInt16] = []
-            let fields = part.split(separator: 0x3A, omittingEmptySubsequences: false)
-            for (i, f) in fields.enumerated() {
-                if f.isEmpty { return nil }
-                if f.contains(0x2E) {
-                    guard i == fields.count - 1, let v4 = parseV4(Array(f)) else { return nil }
-                    out.append(UInt16(v4 >> 16)); out.append(UInt16(v4 & 0xFFFF))
-                    continue
-                }
-                guard f.count <= 4 else { return nil }
-                var v: UInt16 = 0
-                for c in f {
-                    let d: UInt16
-                    switch c {
-                    case 0x30...0x39: d = UInt16(c - 0x30)
-                    case 0x61...0x66: d = UInt16(c - 0x61 + 10)
-                    case 0x41...0x46: d = UInt16(c - 0x41 + 10)
-                    default: return nil
-                    }
-                    v = v << 4 | d
-                }
-                out.append(v)
-            }
-            return out
-        }
-        if let r = findDoubleColon(text) {
-            sawDouble = true
-            guard let h = groups(text[..<r]), let t = groups(text[(r + 2)...]) else { return nil }
-            if findDoubleColon(Array(text[(r + 2)...])) != nil { return nil }
-            head = h; tail = t
-        } else {
-            guard let h = groups(text[...]) else { return nil }
-            head = h
-        }
-        let total = head.count + tail.count
-        if sawDouble ? total > 7 : total != 8 { return nil }
-        let all = head + [UInt16](repeating: 0, count: 8 - total) + tail
-        var hi: UInt64 = 0, lo: UInt64 = 0
-        for i in 0..<4 { hi = hi << 16 | UInt64(all[i]) }
-        for i in 4..<8 { lo = lo << 16 | UInt64(all[i]) }
-        return (hi, lo)
-    }
-
-    private static func findDoubleColon(_ u: [UInt8]) -> Int? {
+    static func parseV6(_ u: UnsafeBufferPointer<UInt8>) -> (UInt64, UInt64)? {
+        // Groups left to right; "::" (at most one) marks where the zero groups go; a dotted
+        // IPv4 tail counts as two groups and must end the text.
+        var g = SIMD8<UInt16>()
+        var n = 0
+        var gap = -1
         var i = 0
-        while i + 1 < u.count {
-            if u[i] == 0x3A && u[i + 1] == 0x3A { return i }
-            i += 1
+        let end = u.count
+        if end >= 2 && u[0] == 0x3A && u[1] == 0x3A {
+            gap = 0; i = 2
+            if i == end { return (0, 0) }
         }
-        return nil
+        while true {
+            // One field: up to 4 hex digits, or the IPv4 tail.
+            let start = i
+            var v: UInt16 = 0
+            while i < end && i - start <= 4 {
+                let c = u[i], d: UInt16
+                switch c {
+                case 0x30...0x39: d = UInt16(c - 0x30)
+                case 0x61...0x66: d = UInt16(c - 0x61 + 10)
+                case 0x41...0x46: d = UInt16(c - 0x41 + 10)
+                default: d = 0xFFFF
+                }
+                if d == 0xFFFF { break }
+                v = v << 4 | d
+                i += 1
+            }
+            if i < end && u[i] == 0x2E {
+                guard n <= 6, let v4 = parseV4(UnsafeBufferPointer(rebasing: u[start..<end])) else { return nil }
+                g[n] = UInt16(v4 >> 16); g[n + 1] = UInt16(v4 & 0xFFFF); n += 2
+                break
+            }
+            guard i > start, i - start <= 4, n < 8 else { return nil }
+            g[n] = v; n += 1
+            if i == end { break }
+            guard u[i] == 0x3A else { return nil }
+            i += 1
+            if i < end && u[i] == 0x3A {
+                guard gap < 0 else { return nil }
+                gap = n; i += 1
+                if i == end { break }
+            } else if i == end {
+                return nil
+            }
+        }
+        if gap >= 0 {
+            guard n <= 7 else { return nil }
+            // Move the groups after the gap to the end.
+            let tail = n - gap
+            var out = SIMD8<UInt16>()
+            for k in 0..<gap { out[k] = g[k] }
+            for k in 0..<tail { out[8 - tail + k] = g[gap + k] }
+            g = out
+        } else {
+            guard n == 8 else { return nil }
+        }
+        var hi: UInt64 = 0, lo: UInt64 = 0
+        for k in 0..<4 { hi = hi << 16 | UInt64(g[k]) }
+        for k in 4..<8 { lo = lo << 16 | UInt64(g[k]) }
+        return (hi, lo)
     }
 
     // MARK: printing (RFC 5952 for IPv6)
@@ -182,17 +188,25 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     public var length: Int
 
     public init?(_ text: some StringProtocol) {
-        let s = String(text)
-        let parts = s.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count <= 2, let a = IPAddress(parts[0]) else { return nil }
-        let maxLen = a.isV6 ? 128 : 32
-        var len = maxLen
-        if parts.count == 2 {
-            guard let l = Int(parts[1]), (0...maxLen).contains(l), !parts[1].hasPrefix("+") else { return nil }
-            len = l
-        }
-        address = a
-        length = len
+        var s = String(text)
+        guard let p = s.withUTF8({ u -> IPPrefix? in
+            guard let slash = u.firstIndex(of: 0x2F) else {
+                return IPAddress.parse(u).map { IPPrefix(address: $0, length: $0.isV6 ? 128 : 32) }
+            }
+            guard let a = IPAddress.parse(UnsafeBufferPointer(rebasing: u[..<slash])) else { return nil }
+            let maxLen = a.isV6 ? 128 : 32
+            // 1-3 decimal digits, no sign.
+            let digits = u[(slash + 1)...]
+            guard (1...3).contains(digits.count) else { return nil }
+            var len = 0
+            for c in digits {
+                guard c >= 0x30 && c <= 0x39 else { return nil }
+                len = len * 10 + Int(c - 0x30)
+            }
+            guard len <= maxLen else { return nil }
+            return IPPrefix(address: a, length: len)
+        }) else { return nil }
+        self = p
     }
 
     public init(address: IPAddress, length: Int) { self.address = address; self.length = length }

@@ -570,7 +570,7 @@ struct Entry {
         var send = Lifetime.always, accept = Lifetime.always
         func read(_ name: String) throws(ConfigFileEditError) -> Lifetime? {
             guard let n = map[name] else { return nil }
-            guard let v = l.lifetime(n, name) else {
+            guard let v = l.lifetime(YAMLDocument.node(n), name) else {
                 throw ConfigFileEditError(.invalid, line: n.mark?.line ?? 0, "the key's \(name) is not valid",
                                           fix: "run tcpaod check on the file and correct it first")
             }
@@ -713,5 +713,28 @@ struct Doc {
             boundary = end
         }
         return out
+    }
+}
+
+extension YAMLDocument {
+    /// A Yams node (the editor's tree) as the loader's node, for the loader's readers (lifetimes).
+    static func node(_ n: Node) -> ConfigNode {
+        let doc = YAMLDocument()
+        func add(_ n: Node) -> Int32 {
+            let line = Int32(clamping: n.mark?.line ?? 0), column = Int32(clamping: n.mark?.column ?? 0)
+            switch n {
+            case .mapping(let m):
+                let c = m.flatMap { [add($0.key), add($0.value)] }
+                return doc.addCollection(.mapping, line: line, column: column, children: c)
+            case .sequence(let q):
+                let c = q.map { add($0) }
+                return doc.addCollection(.sequence, line: line, column: column, children: c)
+            case .scalar(let s):
+                return doc.addScalar(s.string, line: line, column: column)
+            case .alias:
+                return doc.addScalar("", line: line, column: column)
+            }
+        }
+        return ConfigNode(doc: doc, index: add(n))
     }
 }

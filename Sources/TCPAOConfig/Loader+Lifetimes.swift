@@ -1,55 +1,54 @@
 import TCPAO
-import Yams
 
 // MARK: lifetimes (RFC 8177) and the rotation checks
 
 extension ConfigLoader {
     /// RFC 8177 lifetime: `always: true`, or start-date-time with one of end-date-time,
     /// no-end-time, duration (seconds). Start defaults to the beginning of time.
-    mutating func lifetime(_ n: Node, _ path: String) -> Lifetime? {
-        guard let f = fields(n, path, allowed: ["always", "start-date-time", "end-date-time", "no-end-time", "duration"]) else { return nil }
+    mutating func lifetime(_ n: ConfigNode, _ path: @autoclosure () -> String) -> Lifetime? {
+        guard let f = fields(n, path(), allowed: ["always", "start-date-time", "end-date-time", "no-end-time", "duration"]) else { return nil }
         if let a = f["always"]?.value {
             guard f.count == 1 else {
-                report(.error, n, path, "`always` cannot be combined with dates", fix: "use `always: true` alone"); return nil
+                report(.error, n, path(), "`always` cannot be combined with dates", fix: "use `always: true` alone"); return nil
             }
-            return bool(a, "\(path).always") == true ? .always : nil
+            return bool(a, "\(path()).always") == true ? .always : nil
         }
         var l = Lifetime.always
         if let s = f["start-date-time"]?.value {
-            guard let t = date(s, "\(path).start-date-time") else { return nil }
+            guard let t = date(s, "\(path()).start-date-time") else { return nil }
             l.start = t
         }
         let ends = ["end-date-time", "no-end-time", "duration"].filter { f[$0] != nil }
         if ends.count > 1 {
-            report(.error, n, path, "more than one end (\(ends.joined(separator: ", ")))", fix: "keep one of end-date-time, no-end-time, duration")
+            report(.error, n, path(), "more than one end (\(ends.joined(separator: ", ")))", fix: "keep one of end-date-time, no-end-time, duration")
             return nil
         }
         if let e = f["end-date-time"]?.value {
-            guard let t = date(e, "\(path).end-date-time") else { return nil }
+            guard let t = date(e, "\(path()).end-date-time") else { return nil }
             l.end = t
         } else if let d = f["duration"]?.value {
             guard l.start != .min else {
-                report(.error, d, "\(path).duration", "a duration needs a start-date-time", fix: "add start-date-time"); return nil
+                report(.error, d, "\(path()).duration", "a duration needs a start-date-time", fix: "add start-date-time"); return nil
             }
-            guard let v = int(d, "\(path).duration", 1...Int(UInt32.max), what: "duration (seconds)") else { return nil }
+            guard let v = int(d, "\(path()).duration", 1...Int(UInt32.max), what: "duration (seconds)") else { return nil }
             l.end = l.start + Int64(v)
         } else if let ne = f["no-end-time"]?.value {
-            guard bool(ne, "\(path).no-end-time") == true else {
-                report(.error, ne, "\(path).no-end-time", "`no-end-time` can only be true", fix: "write `no-end-time: true` or give an end-date-time")
+            guard bool(ne, "\(path()).no-end-time") == true else {
+                report(.error, ne, "\(path()).no-end-time", "`no-end-time` can only be true", fix: "write `no-end-time: true` or give an end-date-time")
                 return nil
             }
         }
         if l.end <= l.start {
-            report(.error, n, path, "the lifetime ends (\(RFC3339.format(l.end))) before it starts (\(RFC3339.format(l.start)))",
+            report(.error, n, path(), "the lifetime ends (\(RFC3339.format(l.end))) before it starts (\(RFC3339.format(l.start)))",
                    fix: "put end-date-time after start-date-time")
             return nil
         }
         return l
     }
 
-    mutating func date(_ n: Node, _ path: String) -> Int64? {
-        guard let s = n.scalar?.string, let t = RFC3339.parse(s) else {
-            report(.error, n, path, "`\(n.scalar?.string ?? "?")` is not an RFC 3339 date-time", fix: "write it like 2026-01-01T00:00:00Z")
+    mutating func date(_ n: ConfigNode, _ path: @autoclosure () -> String) -> Int64? {
+        guard let s = n.text, let t = RFC3339.parse(s) else {
+            report(.error, n, path(), "`\(n.text ?? "?")` is not an RFC 3339 date-time", fix: "write it like 2026-01-01T00:00:00Z")
             return nil
         }
         return t
@@ -58,7 +57,7 @@ extension ConfigLoader {
     func overlap(_ a: Lifetime, _ b: Lifetime) -> Bool { a.start < b.end && b.start < a.end }
 
     /// "No key valid now" and "lifetimes that leave a gap", for sending and for accepting.
-    mutating func checkCoverage(_ c: KeyChain, node: Node?) {
+    mutating func checkCoverage(_ c: KeyChain, node: ConfigNode?) {
         for (what, lifetimes) in [("send", c.keys.map(\.sendLifetime)), ("accept", c.keys.map(\.acceptLifetime))] {
             let fixNow = what == "send" ? "extend a key's send-lifetime to cover now, or add a key valid now"
                                         : "extend a key's accept-lifetime to cover now"
@@ -93,7 +92,7 @@ extension ConfigLoader {
     /// the old one not long enough after it can last be sent), and the last key that may send
     /// when its send lifetime ends with no key after it. Only hand-overs after `now`: one that is
     /// over is history. (A gap between keys is an error of `checkCoverage`.)
-    mutating func checkRotation(_ c: KeyChain, node: Node?) {
+    mutating func checkRotation(_ c: KeyChain, node: ConfigNode?) {
         let s = RotationSchedule(chain: c, now: now)
         let margin = RotationSchedule.span(RotationSchedule.minimumMargin)
         func name(_ i: Int) -> String { "key \(c.keys[i].chainKeyID)" }
@@ -143,8 +142,8 @@ extension ConfigLoader {
 
     /// The node of key `i` of a chain (its `field` when given, else the key), for a
     /// diagnostic's location; the chain's node when the key cannot be found.
-    func keyNode(_ chain: Node?, _ i: Int, _ field: String) -> Node? {
-        guard let keys = chain?["keys"]?.sequence.map(Array.init), keys.indices.contains(i) else { return chain }
+    func keyNode(_ chain: ConfigNode?, _ i: Int, _ field: String) -> ConfigNode? {
+        guard let keys = chain?["keys"]?.sequence, keys.indices.contains(i) else { return chain }
         let k = keys[i]
         return k[field] ?? k["send-accept-lifetime"] ?? k
     }

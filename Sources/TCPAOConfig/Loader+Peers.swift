@@ -1,5 +1,4 @@
 import TCPAO
-import Yams
 
 // MARK: peers
 
@@ -10,14 +9,14 @@ extension ConfigLoader {
 
     /// `peers`: sets `cfg.peers`; reports overlapping prefixes, duplicate names, peers of a
     /// family no protected prefix covers (gateway mode) and chains no peer uses.
-    mutating func peers(_ n: Node, into cfg: inout Configuration, chainNodes: [String: Node]) {
+    mutating func peers(_ n: ConfigNode, into cfg: inout Configuration, chainNodes: [String: ConfigNode]) {
         guard let items = list(n, "peers") else { return }
         if items.isEmpty { report(.error, n, "peers", "no peer", fix: "add a peer: name, prefix, key-chain") }
         // A fleet may have one chain per peer (one MKT per peer pair): find chains by name, and
         // compare peers with each other by hashing and sorting, never pairwise.
         var chainsByName: [String: KeyChain] = [:]
         for c in cfg.keyChains where chainsByName[c.name] == nil { chainsByName[c.name] = c }
-        var peerNodes: [(PeerPolicy, Node)] = []
+        var peerNodes: [(PeerPolicy, ConfigNode)] = []
         // Where the reports comparing each peer with the ones before it go: right after that
         // peer's own diagnostics, as when each peer was compared as soon as it was read.
         var insertAt: [Int] = []
@@ -45,7 +44,7 @@ extension ConfigLoader {
             }
             for j in overlaps[k] ?? [] {
                 let (q, qn) = peerNodes[j]
-                let ql = qn.mark.map { "line \($0.line)" } ?? "another peer"
+                let ql = "line \(qn.mark.line)"
                 report(.error, item, "peers[\(i)].prefix", "\(p.prefix) overlaps \(q.prefix) of peer `\(q.name)` (\(ql))",
                        fix: "make the prefixes disjoint: each address must belong to one peer")
             }
@@ -126,26 +125,26 @@ extension ConfigLoader {
         return out
     }
 
-    mutating func peer(_ node: Node, _ path: String, chains: [KeyChain], byName: [String: KeyChain]? = nil) -> PeerPolicy? {
-        guard let f = fields(node, path, allowed: ["name", "prefix", "ports", "key-chain", "accept-key-mismatch", "icmp-hard-errors", "description"],
+    mutating func peer(_ node: ConfigNode, _ path: @autoclosure () -> String, chains: [KeyChain], byName: [String: KeyChain]? = nil) -> PeerPolicy? {
+        guard let f = fields(node, path(), allowed: ["name", "prefix", "ports", "key-chain", "accept-key-mismatch", "icmp-hard-errors", "description"],
                              required: ["name", "prefix", "key-chain"]) else { return nil }
-        guard let name = f["name"].flatMap({ string($0.value, "\(path).name") }) else { return nil }
+        guard let name = f["name"].flatMap({ string($0.value, "\(path()).name") }) else { return nil }
         var prefix: IPPrefix? = nil
-        if let n = f["prefix"]?.value, let s = string(n, "\(path).prefix") {
+        if let n = f["prefix"]?.value, let s = string(n, "\(path()).prefix") {
             if let p = IPPrefix(s) {
                 if p.isCanonical { prefix = p } else {
-                    report(.error, n, "\(path).prefix", "\(s) has bits set beyond its length",
+                    report(.error, n, "\(path()).prefix", "\(s) has bits set beyond its length",
                            fix: "write \(IPPrefix(address: p.masked(p.address), length: p.length)) (or /\(p.address.isV6 ? 128 : 32) for one host)")
                 }
             } else {
-                report(.error, n, "\(path).prefix", "`\(s)` is not an IPv4 or IPv6 prefix", fix: "write it like 192.0.2.0/24 or 2001:db8::/32")
+                report(.error, n, "\(path()).prefix", "`\(s)` is not an IPv4 or IPv6 prefix", fix: "write it like 192.0.2.0/24 or 2001:db8::/32")
             }
         }
         var ports: [UInt16] = []
-        if let n = f["ports"]?.value, let items = list(n, "\(path).ports") {
-            if items.isEmpty { report(.error, n, "\(path).ports", "an empty list protects nothing", fix: "list ports, or omit `ports` for all") }
+        if let n = f["ports"]?.value, let items = list(n, "\(path()).ports") {
+            if items.isEmpty { report(.error, n, "\(path()).ports", "an empty list protects nothing", fix: "list ports, or omit `ports` for all") }
             for (i, it) in items.enumerated() {
-                if let v = int(it, "\(path).ports[\(i)]", 1...65535, what: "TCP port") { ports.append(UInt16(v)) }
+                if let v = int(it, "\(path()).ports[\(i)]", 1...65535, what: "TCP port") { ports.append(UInt16(v)) }
             }
         }
         if let p = prefix, f["ports"] == nil,
@@ -153,30 +152,30 @@ extension ConfigLoader {
             // A catch-all peer: every TCP segment to or from those addresses must then carry
             // TCP-AO (the host's own loopback traffic is left alone unless protect-loopback).
             let range = p.length == 0 ? "every \(p.address.isV6 ? "IPv6" : "IPv4") address" : "every address in \(p)"
-            report(.warning, f["prefix"]?.value, "\(path).prefix",
+            report(.warning, f["prefix"]?.value, "\(path()).prefix",
                    "peer `\(name)` covers \(range) on every port: every TCP peer there without TCP-AO becomes unreachable",
                    fix: "list the ports to protect (e.g. `ports: [830, 9339]`), or narrow the prefix to the hosts that use TCP-AO")
         }
         var chain: KeyChain? = nil
-        if let n = f["key-chain"]?.value, let s = string(n, "\(path).key-chain") {
+        if let n = f["key-chain"]?.value, let s = string(n, "\(path()).key-chain") {
             chain = byName.map { $0[s] } ?? chains.first { $0.name == s }
             if chain == nil {
                 let names = chains.map(\.name)
-                report(.error, n, "\(path).key-chain", "no key chain named `\(s)`",
+                report(.error, n, "\(path()).key-chain", "no key chain named `\(s)`",
                        fix: names.isEmpty ? "define it under key-chains" : "use one of: \(names.joined(separator: ", "))")
             }
         }
         var mismatch = false
-        if let n = f["accept-key-mismatch"]?.value, let b = bool(n, "\(path).accept-key-mismatch") {
+        if let n = f["accept-key-mismatch"]?.value, let b = bool(n, "\(path()).accept-key-mismatch") {
             mismatch = b
-            if b { report(.warning, n, "\(path).accept-key-mismatch", "segments without TCP-AO from `\(name)` will be accepted (migration)", fix: "set it to false once the peer signs") }
+            if b { report(.warning, n, "\(path()).accept-key-mismatch", "segments without TCP-AO from `\(name)` will be accepted (migration)", fix: "set it to false once the peer signs") }
         }
         var dropICMP = true
-        if let n = f["icmp-hard-errors"]?.value, let s = string(n, "\(path).icmp-hard-errors") {
+        if let n = f["icmp-hard-errors"]?.value, let s = string(n, "\(path()).icmp-hard-errors") {
             switch s {
             case "drop": dropICMP = true
             case "accept": dropICMP = false
-            default: report(.error, n, "\(path).icmp-hard-errors", "`\(s)` is not drop or accept", fix: "write drop (RFC 5925 7.8 default) or accept")
+            default: report(.error, n, "\(path()).icmp-hard-errors", "`\(s)` is not drop or accept", fix: "write drop (RFC 5925 7.8 default) or accept")
             }
         }
         guard let prefix, let chain else { return nil }

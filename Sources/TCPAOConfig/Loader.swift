@@ -1,6 +1,5 @@
 import Foundation
 import TCPAO
-import Yams
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -68,105 +67,103 @@ public struct ConfigLoader {
 
     // MARK: reporting
 
-    mutating func report(_ s: Diagnostic.Severity, _ node: Node?, _ path: String, _ msg: String, fix: String) {
+    mutating func report(_ s: Diagnostic.Severity, _ node: ConfigNode?, _ path: String, _ msg: String, fix: String) {
         let m = node?.mark
         diagnostics.append(Diagnostic(s, file: file, line: m?.line ?? 0, column: m?.column ?? 0, path: path, msg, fix: fix))
-    }
-
-    mutating func reportYAML(_ e: YamlError) {
-        switch e {
-        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
-            diagnostics.append(Diagnostic(.error, file: file, line: mark.line, column: mark.column, path: "",
-                                          "not valid YAML: \(problem)", fix: "check the indentation and quoting around this line"))
-        case .duplicatedKeysInMapping(let dups, let ctx):
-            diagnostics.append(Diagnostic(.error, file: file, line: ctx.mark.line, column: ctx.mark.column, path: "",
-                                          "duplicated keys: \(dups.joined(separator: ", "))", fix: "keep one of each"))
-        default:
-            report(.error, nil, "", "not valid YAML: \(e)", fix: "check the indentation and quoting")
-        }
     }
 
     // MARK: typed access to nodes
 
     /// The keys of a mapping node, checked against `allowed` (unknown keys are errors with a
-    /// suggestion) and `required`. Returns key -> (key node, value node).
-    mutating func fields(_ node: Node, _ path: String, allowed: [String], required: [String] = [])
-        -> [String: (key: Node, value: Node)]? {
-        guard case .mapping(let map) = node else {
-            report(.error, node, path, "expected a mapping (key: value lines)", fix: "write it as `key: value` entries")
+    /// suggestion) and `required`. `f["name"]` is (key node, value node).
+    mutating func fields(_ node: ConfigNode, _ path: @autoclosure () -> String, allowed: [String], required: [String] = []) -> Fields? {
+        guard let map = node.mapping else {
+            report(.error, node, path(), "expected a mapping (key: value lines)", fix: "write it as `key: value` entries")
             return nil
         }
-        var out: [String: (key: Node, value: Node)] = [:]
+        var out = Fields()
+        out.entries.reserveCapacity(map.count)
         for (k, v) in map {
-            guard let name = k.scalar?.string else {
-                report(.error, k, path, "a key must be a plain word", fix: "use one of: \(allowed.joined(separator: ", "))")
+            func sub(_ name: String) -> String { let p = path(); return p.isEmpty ? name : "\(p).\(name)" }
+            guard let name = k.text else {
+                report(.error, k, path(), "a key must be a plain word", fix: "use one of: \(allowed.joined(separator: ", "))")
                 continue
             }
-            let sub = path.isEmpty ? name : "\(path).\(name)"
             if out[name] != nil {
-                report(.error, k, sub, "appears twice", fix: "keep one `\(name)`")
+                report(.error, k, sub(name), "appears twice", fix: "keep one `\(name)`")
                 continue
             }
             guard allowed.contains(name) else {
                 let hint = ConfigLoader.closest(name, allowed).map { "did you mean `\($0)`?" } ?? "allowed here: \(allowed.joined(separator: ", "))"
-                report(.error, k, sub, "unknown key `\(name)`", fix: hint)
+                report(.error, k, sub(name), "unknown key `\(name)`", fix: hint)
                 continue
             }
-            out[name] = (k, v)
+            out.entries.append((name, k, v))
         }
         for r in required where out[r] == nil {
-            report(.error, node, path, "`\(r)` is missing", fix: "add `\(r): ...`")
+            report(.error, node, path(), "`\(r)` is missing", fix: "add `\(r): ...`")
         }
         return out
     }
 
-    mutating func string(_ n: Node, _ path: String) -> String? {
-        guard let s = n.scalar?.string, !s.isEmpty else {
-            report(.error, n, path, "expected a text value", fix: "write a value after the colon")
+    /// A mapping's fields by name: a few entries, found by a scan (no dictionary per mapping:
+    /// a 50,000-peer file has 175,000 of them).
+    struct Fields {
+        var entries: [(name: String, key: ConfigNode, value: ConfigNode)] = []
+        var count: Int { entries.count }
+        subscript(name: String) -> (key: ConfigNode, value: ConfigNode)? {
+            for e in entries where e.name == name { return (e.key, e.value) }
+            return nil
+        }
+    }
+
+    mutating func string(_ n: ConfigNode, _ path: @autoclosure () -> String) -> String? {
+        guard let s = n.text, !s.isEmpty else {
+            report(.error, n, path(), "expected a text value", fix: "write a value after the colon")
             return nil
         }
         return s
     }
 
-    mutating func int(_ n: Node, _ path: String, _ range: ClosedRange<Int>, what: String = "value") -> Int? {
-        guard let s = n.scalar?.string, let v = Int(s) else {
-            report(.error, n, path, "expected a whole number, found `\(n.scalar?.string ?? "a list or mapping")`",
+    mutating func int(_ n: ConfigNode, _ path: @autoclosure () -> String, _ range: ClosedRange<Int>, what: String = "value") -> Int? {
+        guard let s = n.text, let v = Int(s) else {
+            report(.error, n, path(), "expected a whole number, found `\(n.text ?? "a list or mapping")`",
                    fix: "write a number from \(range.lowerBound) to \(range.upperBound)")
             return nil
         }
         guard range.contains(v) else {
-            report(.error, n, path, "\(v) is out of range for a \(what)", fix: "use a number from \(range.lowerBound) to \(range.upperBound)")
+            report(.error, n, path(), "\(v) is out of range for a \(what)", fix: "use a number from \(range.lowerBound) to \(range.upperBound)")
             return nil
         }
         return v
     }
 
-    mutating func bool(_ n: Node, _ path: String) -> Bool? {
-        switch n.scalar?.string.lowercased() {
+    mutating func bool(_ n: ConfigNode, _ path: @autoclosure () -> String) -> Bool? {
+        switch n.text?.lowercased() {
         case "true": return true
         case "false": return false
         default:
-            report(.error, n, path, "expected true or false, found `\(n.scalar?.string ?? "a list or mapping")`", fix: "write true or false")
+            report(.error, n, path(), "expected true or false, found `\(n.text ?? "a list or mapping")`", fix: "write true or false")
             return nil
         }
     }
 
-    mutating func choice<T: RawRepresentable & CaseIterable>(_ n: Node, _ path: String, _ t: T.Type) -> T? where T.RawValue == String {
-        guard let s = n.scalar?.string, let v = T(rawValue: s) else {
+    mutating func choice<T: RawRepresentable & CaseIterable>(_ n: ConfigNode, _ path: @autoclosure () -> String, _ t: T.Type) -> T? where T.RawValue == String {
+        guard let s = n.text, let v = T(rawValue: s) else {
             let names = T.allCases.map(\.rawValue)
-            report(.error, n, path, "`\(n.scalar?.string ?? "?")` is not one of \(names.joined(separator: ", "))",
+            report(.error, n, path(), "`\(n.text ?? "?")` is not one of \(names.joined(separator: ", "))",
                    fix: "write one of: \(names.joined(separator: ", "))")
             return nil
         }
         return v
     }
 
-    mutating func list(_ n: Node, _ path: String) -> [Node]? {
-        guard case .sequence(let seq) = n else {
-            report(.error, n, path, "expected a list", fix: "write a list: `[a, b]` or lines starting with `- `")
+    mutating func list(_ n: ConfigNode, _ path: @autoclosure () -> String) -> [ConfigNode]? {
+        guard let seq = n.sequence else {
+            report(.error, n, path(), "expected a list", fix: "write a list: `[a, b]` or lines starting with `- `")
             return nil
         }
-        return Array(seq)
+        return seq
     }
 
     // MARK: the document
@@ -177,21 +174,18 @@ public struct ConfigLoader {
 
     mutating func parse(_ text: String, previous: Configuration?) -> Configuration {
         var cfg = Configuration(file: file)
-        let root: Node
+        let root: ConfigNode
         do {
-            // Resolver.basic: every scalar is read as text (`string`, `int`, `bool` above do the
-            // typing, with their own messages), so Yams runs no regular expression per scalar
-            // to guess its type: that took most of the time of a 50,000-peer file.
-            guard let r = try Yams.compose(yaml: text, Resolver.basic) else {
+            // Every scalar is text: `string`, `int`, `bool` above do the typing, with their own
+            // messages (YAMLDocument: libyaml's events, no node objects).
+            guard let r = try YAMLDocument.parse(text) else {
                 report(.error, nil, "", "the file is empty", fix: "see config/tcpaod.yaml for a commented example")
                 return cfg
             }
             root = r
-        } catch let e as YamlError {
-            reportYAML(e)
-            return cfg
         } catch {
-            report(.error, nil, "", "not valid YAML: \(error)", fix: "check the indentation and quoting")
+            diagnostics.append(Diagnostic(.error, file: file, line: error.line, column: error.column, path: "",
+                                          "not valid YAML: \(error.problem)", fix: "check the indentation and quoting around this line"))
             return cfg
         }
         let required = purpose == .daemon ? ["key-chains", "peers"] : ["key-chains"]
@@ -268,7 +262,7 @@ public struct ConfigLoader {
             report(.warning, root, "protected-prefixes", "gateway mode without protected-prefixes signs segments toward a peer from any host it forwards for, spoofed ones included",
                    fix: "list the prefixes of the hosts this gateway protects")
         }
-        var chainNodes: [String: Node] = [:]
+        var chainNodes: [String: ConfigNode] = [:]
         if let n = f["key-chains"]?.value { chainNodes = keyChains(n, into: &cfg) }
         assignSerials(&cfg, previous: previous)
         if purpose == .daemon, let n = f["peers"]?.value { peers(n, into: &cfg, chainNodes: chainNodes) }
@@ -279,9 +273,9 @@ public struct ConfigLoader {
     }
 
     /// `metrics: { listen: ADDRESS:PORT }`.
-    mutating func metrics(_ n: Node) -> MetricsSettings? {
+    mutating func metrics(_ n: ConfigNode) -> MetricsSettings? {
         guard let f = fields(n, "metrics", allowed: ["listen"], required: ["listen"]), let ln = f["listen"]?.value else { return nil }
-        if case .sequence = ln {
+        if ln.isSequence {
             // `listen: [::1]:9477` unquoted: YAML reads the brackets as a list.
             report(.error, ln, "metrics.listen", "expected ADDRESS:PORT, found a list (YAML reads unquoted brackets as one)",
                    fix: "quote it: listen: \"[::1]:9477\"")

@@ -1,6 +1,9 @@
 import Testing
 @testable import TCPAO
 import TCPAOTestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Malformed input yields an error value, never a trap.
 @Suite struct ParserTests {
@@ -160,5 +163,39 @@ import TCPAOTestSupport
         #expect(!IPPrefix("192.0.2.0/25")!.overlaps(IPPrefix("192.0.2.128/25")!))
         #expect(IPPrefix("192.0.2.1/24")!.isCanonical == false)
         #expect(IPPrefix("0.0.0.0/0")!.contains(IPAddress("203.0.113.9")!))
+    }
+
+    /// The address parser against glibc's inet_pton on random text built from address pieces
+    /// (the two differ only where ours is stricter: no leading zero in an IPv4 byte).
+    @Test func addressParserAgreesWithInetPton() {
+        var r = SplitMix64(state: 0x1A2B_3C4D)
+        let pieces = ["0", "1", "9", "00", "12", "255", "256", "ffff", "FfFf", "abcd", "12345", "db8", "2001", ":", ":", "::", ".", ".", "1.2.3.4", "g"]
+        var checked = 0, valid6 = 0, valid4 = 0
+        for _ in 0..<60_000 {
+            let text = (0..<r.int(1...12)).map { _ in r.pick(pieces) }.joined()
+            var v6 = [UInt8](repeating: 0, count: 16), v4 = [UInt8](repeating: 0, count: 4)
+            let libc6 = inet_pton(AF_INET6, text, &v6) == 1
+            let libc4 = inet_pton(AF_INET, text, &v4) == 1
+            let ours = IPAddress(text)
+            let leadingZero = text.split(separator: ":").last.map { $0.contains(".") && $0.split(separator: ".").contains { $0.count > 1 && $0.hasPrefix("0") } } ?? false
+            if leadingZero { continue }
+            checked += 1
+            if libc6 { valid6 += 1 } else if libc4 { valid4 += 1 }
+            if libc6 {
+                #expect(ours?.isV6 == true && ours?.bytes == v6, "\(text)")
+            } else if libc4 {
+                #expect(ours?.isV6 == false && ours?.bytes == v4, "\(text)")
+            } else {
+                #expect(ours == nil, "\(text)")
+            }
+        }
+        #expect(checked > 50_000)
+        // Enough of them valid that agreeing is not only refusing together.
+        #expect(valid6 > 1_000 && valid4 > 100, "\(valid6) IPv6, \(valid4) IPv4")
+        #expect(IPPrefix("2001:db8::/32") == IPPrefix(address: IPAddress("2001:db8::")!, length: 32))
+        #expect(IPPrefix("192.0.2.7") == IPPrefix(address: IPAddress("192.0.2.7")!, length: 32))
+        for bad in ["192.0.2.0/33", "2001:db8::/129", "192.0.2.0/", "192.0.2.0/+24", "192.0.2.0/2a", "/24", "192.0.2.0/24/1", "::/1234"] {
+            #expect(IPPrefix(bad) == nil, "\(bad)")
+        }
     }
 }
