@@ -570,7 +570,8 @@ struct Entry {
         var send = Lifetime.always, accept = Lifetime.always
         func read(_ name: String) throws(ConfigFileEditError) -> Lifetime? {
             guard let n = map[name] else { return nil }
-            guard let v = l.lifetime(YAMLDocument.node(n), name) else {
+            let doc = YAMLDocument.document(n)
+            guard let v = withExtendedLifetime(doc, { l.lifetime(doc.root, name) }) else {
                 throw ConfigFileEditError(.invalid, line: n.mark?.line ?? 0, "the key's \(name) is not valid",
                                           fix: "run tcpaod check on the file and correct it first")
             }
@@ -717,9 +718,10 @@ struct Doc {
 }
 
 extension YAMLDocument {
-    /// A Yams node (the editor's tree) as the loader's node, for the loader's readers (lifetimes).
-    static func node(_ n: Node) -> ConfigNode {
-        let doc = YAMLDocument()
+    /// A Yams node (the editor's tree) as a document of the loader's, for the loader's readers
+    /// (lifetimes).
+    static func document(_ n: Node) -> YAMLDocument {
+        var doc = YAMLDocument.Builder()
         func add(_ n: Node) -> Int32 {
             let line = Int32(clamping: n.mark?.line ?? 0), column = Int32(clamping: n.mark?.column ?? 0)
             switch n {
@@ -735,6 +737,7 @@ extension YAMLDocument {
                 return doc.addScalar("", line: line, column: column)
             }
         }
-        return ConfigNode(doc: doc, index: add(n))
+        let root = add(n)
+        return YAMLDocument(doc, root: root)
     }
 }

@@ -12,8 +12,10 @@ extension ConfigLoader {
         var chainNodes: [String: ConfigNode] = [:]
         guard let items = list(n, "key-chains") else { return chainNodes }
         if items.isEmpty { report(.error, n, "key-chains", "no key chain", fix: "add a chain with at least one key") }
+        let read = readEach(items) { l, item, i in l.keyChain(item, "key-chains[\(i)]") }
         for (i, item) in items.enumerated() {
-            if let c = keyChain(item, "key-chains[\(i)]") {
+            diagnostics += read[i].diagnostics
+            if let c = read[i].value {
                 if chainNodes[c.name] != nil {
                     report(.error, item, "key-chains[\(i)].name", "a chain named `\(c.name)` is defined twice", fix: "rename one of them")
                 } else {
@@ -85,8 +87,8 @@ extension ConfigLoader {
         let recvID = f["recv-id"].flatMap { int($0.value, "\(path()).recv-id", 0...255, what: "TCP-AO KeyID (RFC 5925 3.1: 0-255)") }
         var alg: AOAlgorithm? = nil
         if let n = f["crypto-algorithm"]?.value {
-            let names = AOAlgorithm.byName.map(\.0)
             if let s = n.text, let a = AOAlgorithm(name: s) { alg = a } else {
+                let names = AOAlgorithm.byName.map(\.0)
                 report(.error, n, "\(path()).crypto-algorithm", "`\(n.text ?? "?")` is not a supported algorithm",
                        fix: "write one of: \(names.joined(separator: ", "))")
             }

@@ -22,8 +22,11 @@ extension ConfigLoader {
         var insertAt: [Int] = []
         var itemIndex: [Int] = []
         var used = Set<String>()
+        let chains = cfg.keyChains, byName = chainsByName
+        let read = readEach(items) { l, item, i in l.peer(item, "peers[\(i)]", chains: chains, byName: byName) }
         for (i, item) in items.enumerated() {
-            if let p = peer(item, "peers[\(i)]", chains: cfg.keyChains, byName: chainsByName) {
+            diagnostics += read[i].diagnostics
+            if let p = read[i].value {
                 peerNodes.append((p, item))
                 insertAt.append(diagnostics.count)
                 itemIndex.append(i)

@@ -1,4 +1,5 @@
 import Foundation
+import Dispatch
 import TCPAO
 #if canImport(Glibc)
 import Glibc
@@ -25,6 +26,8 @@ public struct ConfigLoader {
     let now: Int64
     var diagnostics: [Diagnostic] = []
     var inlineSecrets = false
+    /// Lists at least this long are read on all cores (`readEach`).
+    var threadsFrom = 2_000
 
     /// Loads `path`. Returns the configuration when there are no errors, and every diagnostic
     /// (errors and warnings) either way. `previous` lets unchanged keys keep their serials
@@ -60,7 +63,13 @@ public struct ConfigLoader {
     /// Parses YAML text (tests use this directly).
     public static func parse(_ text: String, file: String = "<config>", purpose: Purpose = .daemon, now: Int64,
                              previous: Configuration? = nil) -> (Configuration?, [Diagnostic]) {
+        parse(text, file: file, purpose: purpose, now: now, previous: previous, threadsFrom: 2_000)
+    }
+
+    static func parse(_ text: String, file: String = "<config>", purpose: Purpose = .daemon, now: Int64,
+                      previous: Configuration? = nil, threadsFrom: Int) -> (Configuration?, [Diagnostic]) {
         var l = ConfigLoader(file: file, purpose: purpose, now: now)
+        l.threadsFrom = threadsFrom
         let cfg = l.parse(text, previous: previous)
         return (l.diagnostics.hasErrors ? nil : cfg, l.diagnostics)
     }
@@ -166,6 +175,50 @@ public struct ConfigLoader {
         return seq
     }
 
+    // MARK: long lists on every core
+
+    /// Reads each item of a list with `read`, each by its own copy of the loader: on all cores
+    /// for a long list (a fleet's 50,000 chains and peers), else in order. Each item's
+    /// diagnostics come back with it, for the caller to append in the file's order: the
+    /// result is the same as reading the items one after the other.
+    mutating func readEach<T: Sendable>(_ items: [ConfigNode], _ read: @Sendable (inout ConfigLoader, ConfigNode, Int) -> T?) -> [(value: T?, diagnostics: ArraySlice<Diagnostic>)] {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let pieces = items.count < threadsFrom || cores < 2 ? 1 : min(cores, 16) * 4
+        typealias Piece = (values: [T?], diagnostics: [Diagnostic], ends: [Int], inlineSecrets: Bool)
+        let slots = PieceSlots<Piece>(p: .allocate(capacity: pieces))
+        let out = slots.p
+        defer { out.deinitialize().deallocate() }
+        let (file, purpose, now) = (self.file, self.purpose, self.now)
+        @Sendable func run(_ p: Int) {
+            var l = ConfigLoader(file: file, purpose: purpose, now: now)
+            let range = (items.count * p / pieces)..<(items.count * (p + 1) / pieces)
+            var values: [T?] = []
+            var ends: [Int] = []
+            values.reserveCapacity(range.count)
+            ends.reserveCapacity(range.count)
+            for i in range {
+                values.append(read(&l, items[i], i))
+                ends.append(l.diagnostics.count)
+            }
+            (slots.p.baseAddress! + p).initialize(to: (values, l.diagnostics, ends, l.inlineSecrets))
+        }
+        if pieces == 1 { run(0) } else { DispatchQueue.concurrentPerform(iterations: pieces, execute: run) }
+        var result: [(value: T?, diagnostics: ArraySlice<Diagnostic>)] = []
+        result.reserveCapacity(items.count)
+        for piece in out {
+            var from = 0
+            for (v, end) in zip(piece.values, piece.ends) {
+                result.append((v, piece.diagnostics[from..<end]))
+                from = end
+            }
+            if piece.inlineSecrets { inlineSecrets = true }
+        }
+        return result
+    }
+
+    /// `readEach`'s results, one slot per piece: each piece writes only its own.
+    struct PieceSlots<P>: @unchecked Sendable { let p: UnsafeMutableBufferPointer<P> }
+
     // MARK: the document
 
     static let topKeys = ["mode", "queue", "threads", "queue-spread", "queue-bypass", "on-exit", "flow-state", "conntrack-label-offset", "passthrough", "max-flows", "idle-timeout",
@@ -174,20 +227,23 @@ public struct ConfigLoader {
 
     mutating func parse(_ text: String, previous: Configuration?) -> Configuration {
         var cfg = Configuration(file: file)
-        let root: ConfigNode
+        let doc: YAMLDocument
         do {
             // Every scalar is text: `string`, `int`, `bool` above do the typing, with their own
             // messages (YAMLDocument: libyaml's events, no node objects).
-            guard let r = try YAMLDocument.parse(text) else {
+            guard let d = try YAMLDocument.parse(text) else {
                 report(.error, nil, "", "the file is empty", fix: "see config/tcpaod.yaml for a commented example")
                 return cfg
             }
-            root = r
+            doc = d
         } catch {
             diagnostics.append(Diagnostic(.error, file: file, line: error.line, column: error.column, path: "",
                                           "not valid YAML: \(error.problem)", fix: "check the indentation and quoting around this line"))
             return cfg
         }
+        // The nodes below are valid while the document lives: until this function returns.
+        defer { withExtendedLifetime(doc) {} }
+        let root = doc.root
         let required = purpose == .daemon ? ["key-chains", "peers"] : ["key-chains"]
         guard let f = fields(root, "", allowed: ConfigLoader.topKeys, required: required) else { return cfg }
         if let n = f["mode"]?.value, let v = choice(n, "mode", Mode.self) { cfg.mode = v }

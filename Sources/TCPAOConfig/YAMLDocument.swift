@@ -9,11 +9,12 @@ import CYaml
 /// A YAML document as libyaml's events describe it, in flat arrays: one entry per node, the
 /// children of each collection contiguous in `children` (a mapping's as key, value, key,
 /// value), every scalar's text once in `scalars`. An alias is the index of the node its anchor
-/// names (the tree is a graph then, as in any YAML composer).
-final class YAMLDocument {
-    enum Kind: UInt8 { case scalar, sequence, mapping }
+/// names (the tree is a graph then, as in any YAML composer). Immutable once made (hence
+/// Sendable: threads read one document).
+final class YAMLDocument: @unchecked Sendable {
+    enum Kind: UInt8, Sendable { case scalar, sequence, mapping }
 
-    struct Entry {
+    struct Entry: Sendable {
         var kind: Kind
         var line: Int32
         var column: Int32
@@ -23,25 +24,58 @@ final class YAMLDocument {
         var count: Int32
     }
 
-    private(set) var entries: [Entry] = []
-    private(set) var children: [Int32] = []
-    private(set) var scalars: [String] = []
+    // Copied out of the builder's arrays into storage of the document's own: nodes read it
+    // through the pointers, with no array retained and released at each read (threads reading
+    // one document would contend on the arrays' reference counts).
+    let entries: UnsafeMutableBufferPointer<Entry>
+    let children: UnsafeMutableBufferPointer<Int32>
+    let scalars: UnsafeMutableBufferPointer<String>
+    let rootIndex: Int32
 
-    /// Appends a scalar node; returns its index.
-    func addScalar(_ text: String, line: Int32, column: Int32) -> Int32 {
-        let i = Int32(entries.count)
-        entries.append(Entry(kind: .scalar, line: line, column: column, first: Int32(scalars.count), count: 0))
-        scalars.append(text)
-        return i
+    init(_ b: Builder, root: Int32) {
+        entries = .allocate(capacity: b.entries.count)
+        _ = entries.initialize(from: b.entries)
+        children = .allocate(capacity: b.children.count)
+        _ = children.initialize(from: b.children)
+        scalars = .allocate(capacity: b.scalars.count)
+        _ = scalars.initialize(from: b.scalars)
+        rootIndex = root
     }
 
-    /// Appends a list or mapping node whose children (a mapping's as key, value, ...) are
-    /// nodes already added; returns its index.
-    func addCollection<C: Collection<Int32>>(_ kind: Kind, line: Int32, column: Int32, children c: C) -> Int32 {
-        let i = Int32(entries.count)
-        entries.append(Entry(kind: kind, line: line, column: column, first: Int32(children.count), count: Int32(c.count)))
-        children.append(contentsOf: c)
-        return i
+    deinit {
+        entries.deallocate()
+        children.deallocate()
+        scalars.deinitialize().deallocate()
+    }
+
+    /// The root node. Nodes do not keep their document alive (no reference counting on
+    /// every node copy, which threads reading one document would contend on): whoever reads
+    /// the nodes holds the document.
+    var root: ConfigNode { ConfigNode(doc: self, index: rootIndex) }
+
+    /// The arrays while a document is read (the document itself is immutable: nodes read its
+    /// `let` arrays without exclusivity checks).
+    struct Builder {
+        var entries: [Entry] = []
+        var children: [Int32] = []
+        var scalars: [String] = []
+
+        /// Appends a scalar node; returns its index.
+        mutating func addScalar(_ text: String, line: Int32, column: Int32) -> Int32 {
+            let i = Int32(entries.count)
+            entries.append(Entry(kind: .scalar, line: line, column: column, first: Int32(scalars.count), count: 0))
+            scalars.append(text)
+            return i
+        }
+
+        /// Appends a list or mapping node whose children (a mapping's as key, value, ...) are
+        /// nodes already added; returns its index.
+        mutating func addCollection<C: Collection<Int32>>(_ kind: Kind, line: Int32, column: Int32, children c: C) -> Int32 {
+            let i = Int32(entries.count)
+            entries.append(Entry(kind: kind, line: line, column: column, first: Int32(children.count), count: Int32(c.count)))
+            children.append(contentsOf: c)
+            return i
+        }
     }
 
     /// libyaml's error, in the words `ConfigLoader.reportYAML` reports.
@@ -51,16 +85,17 @@ final class YAMLDocument {
         let column: Int
     }
 
-    /// The document's root node; nil for an empty stream. Throws for text that is not YAML,
-    /// an undefined alias, or more than one document.
-    static func parse(_ text: String) throws(ParseError) -> ConfigNode? {
+    /// The document; nil for an empty stream. Throws for text that is not YAML, an undefined
+    /// alias, or more than one document.
+    static func parse(_ text: String) throws(ParseError) -> YAMLDocument? {
         var text = text
-        let doc = YAMLDocument()
-        let root = text.withUTF8 { buf in Result { () throws(ParseError) in try doc.compose(buf) } }
-        return try root.get().map { ConfigNode(doc: doc, index: $0) }
+        var b = Builder()
+        let root = text.withUTF8 { buf in Result { () throws(ParseError) in try compose(buf, into: &b) } }
+        guard let r = try root.get() else { return nil }
+        return YAMLDocument(b, root: r)
     }
 
-    private func compose(_ buf: UnsafeBufferPointer<UInt8>) throws(ParseError) -> Int32? {
+    private static func compose(_ buf: UnsafeBufferPointer<UInt8>, into b: inout Builder) throws(ParseError) -> Int32? {
         var parser = yaml_parser_t()
         guard yaml_parser_initialize(&parser) == 1 else { throw ParseError(problem: "out of memory", line: 0, column: 0) }
         defer { yaml_parser_delete(&parser) }
@@ -74,9 +109,9 @@ final class YAMLDocument {
         var pending: [Int32] = []
         var root: Int32? = nil
         var documents = 0
-        entries.reserveCapacity(buf.count / 16)
-        scalars.reserveCapacity(buf.count / 24)
-        children.reserveCapacity(buf.count / 16)
+        b.entries.reserveCapacity(buf.count / 16)
+        b.scalars.reserveCapacity(buf.count / 24)
+        b.children.reserveCapacity(buf.count / 16)
 
         func error(_ p: yaml_parser_t) -> ParseError {
             let problem = p.problem.map { String(cString: $0) } ?? "the text cannot be read"
@@ -114,7 +149,7 @@ final class YAMLDocument {
                 }
             case YAML_SCALAR_EVENT:
                 let s = event.data.scalar
-                let i = addScalar(text(s.value, s.length), line: mark.line, column: mark.column)
+                let i = b.addScalar(text(s.value, s.length), line: mark.line, column: mark.column)
                 if let a = cString(s.anchor) { anchors[a] = i }
                 place(i)
             case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
@@ -126,7 +161,7 @@ final class YAMLDocument {
                 open.append((mapping ? .mapping : .sequence, mark.line, mark.column, cString(anchor), pending.count))
             case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
                 let o = open.removeLast()
-                let i = addCollection(o.kind, line: o.line, column: o.column, children: pending[o.from...])
+                let i = b.addCollection(o.kind, line: o.line, column: o.column, children: pending[o.from...])
                 pending.removeSubrange(o.from...)
                 if let a = o.anchor { anchors[a] = i }
                 place(i)
@@ -142,9 +177,10 @@ final class YAMLDocument {
     }
 }
 
-/// One node of a `YAMLDocument`: what the loader reads.
-struct ConfigNode {
-    let doc: YAMLDocument
+/// One node of a `YAMLDocument`: what the loader reads. Valid while its document lives (the
+/// loader holds the document while it reads).
+struct ConfigNode: Sendable {
+    unowned(unsafe) let doc: YAMLDocument
     let index: Int32
 
     private var entry: YAMLDocument.Entry { doc.entries[Int(index)] }
@@ -185,7 +221,7 @@ struct ConfigNode {
     }
 
     struct Pairs: RandomAccessCollection {
-        let doc: YAMLDocument
+        unowned(unsafe) let doc: YAMLDocument
         let first: Int
         let count: Int
         var startIndex: Int { 0 }

@@ -33,6 +33,12 @@ public struct OperatorEvents: Sendable {
     private var preferred: [String: UInt64?] = [:]
     private var validity: [String: (send: Bool, accept: Bool)] = [:]
     private var primed = false
+    /// The chains of the last full look and when a key's lifetime next begins or ends: until
+    /// then, with the same chains, no key event can happen, so a call looks only at the peers
+    /// with counters (a fleet's idle peers cost nothing once a second).
+    private var chains: [KeyChain] = []
+    private var positions: [String: Int] = [:]
+    private var nextChange: Int64 = .min
 
     public init() {}
 
@@ -42,8 +48,23 @@ public struct OperatorEvents: Sendable {
         var out: [OperatorEvent] = []
         let first = !primed
         primed = true
-        for p in peers {
-            let chain = p.keyChain
+        let changed = peers.count != chains.count || !zip(peers, chains).allSatisfy { $0.keyChain === $1 }
+        if changed {
+            chains = peers.map(\.keyChain)
+            positions = [:]
+            for (i, p) in peers.enumerated() where positions[p.name] == nil { positions[p.name] = i }
+        }
+        let keysDue = first || changed || now >= nextChange
+        let looked: [Int]
+        if keysDue {
+            looked = Array(peers.indices)
+            nextChange = .max
+        } else {
+            // The peers with counters, in the configuration's order.
+            looked = Set(c.peers.keys).union(c.keys.keys).compactMap { positions[$0] }.sorted()
+        }
+        for i in looked {
+            let p = peers[i]
             // Drops, per reason.
             for (name, total) in (c.peers[p.name] ?? [:]) where name.hasPrefix("dropped-") {
                 let reason = String(name.dropFirst(8))
@@ -64,34 +85,7 @@ public struct OperatorEvents: Sendable {
                     drops[id] = prev
                 }
             }
-            // The preferred key (new connections start with it; RNextKeyID advertises it).
-            let pref = chain.preferredSendKey(at: now).map { chain.keys[$0].chainKeyID }
-            if !first, let old = preferred[p.name], old != pref {
-                if let k = pref, let mkt = chain.keys.first(where: { $0.chainKeyID == k }) {
-                    out.append(OperatorEvent(.notice, "peer \(p.name): \(mkt) is now the preferred key: new connections start with it and every connection advertises it in RNextKeyID",
-                                             ["peer": p.name, "key": "\(k)", "event": "preferred"]))
-                } else {
-                    out.append(OperatorEvent(.error, "peer \(p.name): no key may send now: new connections cannot be protected and established ones stop sending",
-                                             ["peer": p.name, "event": "no-send-key"]))
-                }
-            }
-            preferred[p.name] = pref
-            // Lifetimes beginning and ending.
-            for k in chain.keys {
-                let id = p.name + "\u{0}\(k.chainKeyID)"
-                let v = (send: k.sendLifetime.contains(now), accept: k.acceptLifetime.contains(now))
-                if !first, let old = validity[id] {
-                    if old.send != v.send {
-                        out.append(OperatorEvent(.notice, "peer \(p.name): \(k) \(v.send ? "may now send (send-lifetime began)" : "no longer sends (send-lifetime ended)")",
-                                                 ["peer": p.name, "key": "\(k.chainKeyID)", "event": v.send ? "send-start" : "send-end"]))
-                    }
-                    if old.accept != v.accept {
-                        out.append(OperatorEvent(v.accept ? .notice : .warning, "peer \(p.name): \(k) \(v.accept ? "is now accepted (accept-lifetime began)" : "is no longer accepted (accept-lifetime ended): segments with RecvID \(k.recvID) are dropped")",
-                                                 ["peer": p.name, "key": "\(k.chainKeyID)", "event": v.accept ? "accept-start" : "accept-end"]))
-                    }
-                }
-                validity[id] = v
-            }
+            if keysDue { keyEvents(p, now: now, first: first, into: &out) }
             // A key's first segment signed, and first verified: a connection moved to it (on
             // the peer's RNextKeyID, RFC 5925 7.5) or started with it.
             for (key, d) in (c.keys[p.name] ?? [:]).sorted(by: { $0.key < $1.key }) {
@@ -112,6 +106,44 @@ public struct OperatorEvents: Sendable {
             }
         }
         return out
+    }
+
+    /// Preference and lifetime events of one peer's keys; notes when the next can happen.
+    private mutating func keyEvents(_ p: PeerPolicy, now: Int64, first: Bool, into out: inout [OperatorEvent]) {
+        let chain = p.keyChain
+        // The preferred key (new connections start with it; RNextKeyID advertises it).
+        let pref = chain.preferredSendKey(at: now).map { chain.keys[$0].chainKeyID }
+        if !first, let old = preferred[p.name], old != pref {
+            if let k = pref, let mkt = chain.keys.first(where: { $0.chainKeyID == k }) {
+                out.append(OperatorEvent(.notice, "peer \(p.name): \(mkt) is now the preferred key: new connections start with it and every connection advertises it in RNextKeyID",
+                                         ["peer": p.name, "key": "\(k)", "event": "preferred"]))
+            } else {
+                out.append(OperatorEvent(.error, "peer \(p.name): no key may send now: new connections cannot be protected and established ones stop sending",
+                                         ["peer": p.name, "event": "no-send-key"]))
+            }
+        }
+        preferred[p.name] = pref
+        // Lifetimes beginning and ending.
+        for k in chain.keys {
+            let id = p.name + "\u{0}\(k.chainKeyID)"
+            let v = (send: k.sendLifetime.contains(now), accept: k.acceptLifetime.contains(now))
+            if !first, let old = validity[id] {
+                if old.send != v.send {
+                    out.append(OperatorEvent(.notice, "peer \(p.name): \(k) \(v.send ? "may now send (send-lifetime began)" : "no longer sends (send-lifetime ended)")",
+                                             ["peer": p.name, "key": "\(k.chainKeyID)", "event": v.send ? "send-start" : "send-end"]))
+                }
+                if old.accept != v.accept {
+                    out.append(OperatorEvent(v.accept ? .notice : .warning, "peer \(p.name): \(k) \(v.accept ? "is now accepted (accept-lifetime began)" : "is no longer accepted (accept-lifetime ended): segments with RecvID \(k.recvID) are dropped")",
+                                             ["peer": p.name, "key": "\(k.chainKeyID)", "event": v.accept ? "accept-start" : "accept-end"]))
+                }
+            }
+            validity[id] = v
+        }
+        for k in chain.keys {
+            for t in [k.sendLifetime.start, k.sendLifetime.end, k.acceptLifetime.start, k.acceptLifetime.end] where t > now {
+                nextChange = min(nextChange, t)
+            }
+        }
     }
 
     /// One line per connection whose keys moved (`FlowKeyEvent`, taken from the workers once a

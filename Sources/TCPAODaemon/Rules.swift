@@ -285,19 +285,7 @@ public struct Firewall: Sendable {
 
     @discardableResult
     static func run(_ tool: String, _ args: [String], input: String? = nil) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [tool] + args
-        let inPipe = Pipe(), outPipe = Pipe()
-        p.standardInput = inPipe
-        p.standardOutput = outPipe
-        p.standardError = outPipe
-        do { try p.run() } catch { return (127, "\(tool): \(error)") }
-        if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
-        try? inPipe.fileHandleForWriting.close()
-        let data = outPipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        Subprocess.run(tool, args, input: input)
     }
 
     /// Installs `rules`, taking over in place whatever an earlier run left (issue 10): the

@@ -104,4 +104,36 @@ import TCPAO
             #expect(ConfigLoader.earlierOverlaps(prefixes) == pairwise, "\(prefixes)")
         }
     }
+
+    /// Long lists are read on all cores: the same configuration and the same diagnostics, in
+    /// the same order, as reading them one after the other, with problems scattered through
+    /// the chains and the peers (each piece's diagnostics must land at its items' places).
+    @Test func readingOnAllCoresGivesTheSameResult() throws {
+        var y = Self.fleet(3000)
+        // Bad keys and chains here and there, and peers with problems between good ones.
+        y = y.replacingOccurrences(of: "key-string: \"peer 17 key one\"", with: "key-string: \"peer 17 key one\", mac-length: 3")
+        y = y.replacingOccurrences(of: "  - name: k1500\n", with: "  - name: k1499\n")
+        y = y.replacingOccurrences(of: "recv-id: 2, crypto-algorithm: aes-128-cmac-96, key-string: \"peer 2999 key two\"", with: "recv-id: 2, crypto-algorithm: aes-999, key-string: \"peer 2999 key two\"")
+        y = y.replacingOccurrences(of: "name: dev40, prefix: \"2001:db8:ffff::29/128\"", with: "name: dev40, prefix: \"2001:db8:ffff::29/129\"")
+        y = y.replacingOccurrences(of: "name: dev2200,", with: "name: dev1,")
+        y += "  - { name: wide, prefix: \"2001:db8:ffff::/112\", key-chain: k5, ports: [830, 0] }\n"
+        let (one, d1) = ConfigLoader.parse(y, now: Self.now, threadsFrom: .max)
+        let (all, dAll) = ConfigLoader.parse(y, now: Self.now, threadsFrom: 2)
+        #expect(one == nil && all == nil)
+        #expect(d1.count > 10)
+        #expect(d1 == dAll)
+        for path in ["key-chains[17].keys[0].mac-length", "key-chains[1500].name", "key-chains[2999].keys[1].crypto-algorithm",
+                     "peers[40].prefix", "peers[2200].name", "peers[3000].ports[1]", "peers[3000].prefix"] {
+            #expect(dAll.contains { $0.path == path }, "\(path)")
+        }
+        // And a good fleet: the same chains, keys and peers.
+        let good = Self.fleet(3000)
+        let a = try #require(ConfigLoader.parse(good, now: Self.now, threadsFrom: .max).0)
+        let b = try #require(ConfigLoader.parse(good, now: Self.now, threadsFrom: 2).0)
+        #expect(a.keyChains.map(\.name) == b.keyChains.map(\.name))
+        #expect(a.peers.map(\.name) == b.peers.map(\.name) && a.peers.map(\.prefix) == b.peers.map(\.prefix))
+        // Serials come from one process-wide counter: unique, whichever thread made the key.
+        #expect(Set(b.allKeys.map(\.serial)).count == b.allKeys.count)
+        #expect(zip(a.allKeys, b.allKeys).allSatisfy { $0.secret == $1.secret && $0.sendID == $1.sendID && $0.chainKeyID == $1.chainKeyID })
+    }
 }

@@ -62,6 +62,29 @@ import TCPAO
         #expect(end.map { $0.metadata["event"] } == ["accept-end"] && end[0].level == .warning)
     }
 
+    /// Between lifetime boundaries a call looks only at the peers with counters (a fleet's idle
+    /// peers cost nothing each second); a boundary, or new chains (a reload), brings the full
+    /// look back, for idle peers too.
+    @Test func idlePeersAreLookedAtAgainAtTheNextBoundaryOrReload() {
+        var ev = OperatorEvents()
+        func named(_ n: String, _ keys: [MKT]) -> PeerPolicy {
+            PeerPolicy(name: n, prefix: IPPrefix("2001:db8::\(n.count)/128")!, ports: [830], keyChain: KeyChain(name: n, keys: keys))
+        }
+        let idle = named("idle-device", [Self.mkt(1, send: Lifetime(start: 0, end: 5000)), Self.mkt(2, send: Lifetime(start: 5000))])
+        let busy = named("nms", [Self.mkt(1)])
+        var peers = [busy, idle]
+        let active = CounterSnapshot(total: [:], peers: ["nms": ["dropped-bad-mac": 1]], keys: [:])
+        _ = ev.observe(active, peers: peers, now: 100)
+        for t in 101..<200 { #expect(ev.observe(active, peers: peers, now: Int64(t)).isEmpty) }
+        // The idle peer's key 2 takes over at 5000: logged though it has no counters.
+        let at = ev.observe(active, peers: peers, now: 5000)
+        #expect(at.contains { $0.metadata["peer"] == "idle-device" && $0.metadata["event"] == "preferred" && $0.metadata["key"] == "2" })
+        // A reload (new chain objects) with a key that stopped sending at once.
+        peers[1] = named("idle-device", [Self.mkt(1, send: Lifetime(start: 0, end: 5000))])
+        let reloaded = ev.observe(active, peers: peers, now: 5001)
+        #expect(reloaded.contains { $0.metadata["peer"] == "idle-device" && $0.metadata["event"] == "no-send-key" })
+    }
+
     @Test func noKeyLeftToSendIsAnError() {
         var ev = OperatorEvents()
         let p = [Self.peer([Self.mkt(1, send: Lifetime(start: 0, end: 1000))])]
