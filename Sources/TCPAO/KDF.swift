@@ -37,6 +37,17 @@ public final class MasterKey: @unchecked Sendable {
     let prepared: Secret
     /// The master key as configured.
     public let original: Secret
+    /// HMAC: the KDF's PRF keyed once with the master key (its pre-keyed digest states are
+    /// only read when computing, so the workers share it); each traffic key then costs the
+    /// four digest blocks of one HMAC, not a keying as well. AES-CMAC keys a context per
+    /// derivation (its cipher context is written while computing).
+    let hmacPRF: KeyedPRF?
+
+    /// A keyed MAC context shared read-only (HMAC's pre-keyed states).
+    final class KeyedPRF: @unchecked Sendable {
+        let key: MACKey
+        init(_ key: consuming MACKey) { self.key = key }
+    }
 
     public init(algorithm: AOAlgorithm, secret: Secret) {
         self.algorithm = algorithm
@@ -55,6 +66,7 @@ public final class MasterKey: @unchecked Sendable {
         } else {
             prepared = secret
         }
+        hmacPRF = algorithm.kind == .aesCMAC ? nil : secret.withBytes { KeyedPRF(MACKey(algorithm: algorithm, key: $0)) }
     }
 
     /// KDF_alg(master_key, context, output_length) of RFC 5925 5.2 with the input block of
@@ -70,6 +82,11 @@ public final class MasterKey: @unchecked Sendable {
             i += ctx.write(to: p, at: i)
             store16(p, i, UInt16(outLen * 8)); i += 2
             let input = UnsafeRawBufferPointer(start: p, count: i)
+            if let prf = hmacPRF {
+                return TrafficKey(count: outLen) { out in
+                    prf.key.compute(input, UnsafeRawBufferPointer(start: nil, count: 0), into: out.baseAddress!)
+                }
+            }
             return prepared.withBytes { key in
                 let prf = MACKey(algorithm: algorithm, key: key)
                 return TrafficKey(count: outLen) { out in

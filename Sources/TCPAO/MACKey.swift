@@ -111,24 +111,24 @@ public struct MACKey: ~Copyable {
     /// Absorbs (key XOR ipad) and (key XOR opad) into two contexts stored at `st`.
     private static func initHMAC<D: DigestEngine>(_ st: UnsafeMutableRawPointer, key: UnsafeRawBufferPointer, _: D.Type) {
         let block = 64
-        var k = [UInt8](repeating: 0, count: block)
-        var pad = [UInt8](repeating: 0, count: block)
-        defer {
-            k.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) }
-            pad.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, $0.count) }
-        }
-        k.withUnsafeMutableBytes { kb in
+        // The padded key and each pad on the stack (a connection's set-up keys several
+        // contexts: no heap allocation for them), wiped before return.
+        withUnsafeTemporaryAllocation(byteCount: 2 * block, alignment: 16) { tmp in
+            let k = tmp.baseAddress!, pad = k + block
+            k.initializeMemory(as: UInt8.self, repeating: 0, count: 2 * block)
+            defer { OPENSSL_cleanse(k, 2 * block) }
             if key.count > block {
-                D.digest(key.baseAddress, key.count, kb.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                D.digest(key.baseAddress, key.count, k.assumingMemoryBound(to: UInt8.self))
             } else if key.count > 0 {
-                kb.baseAddress!.copyMemory(from: key.baseAddress!, byteCount: key.count)
+                k.copyMemory(from: key.baseAddress!, byteCount: key.count)
             }
-        }
-        for (half, xor) in [(0, UInt8(0x36)), (1, UInt8(0x5c))] {
-            for i in 0..<block { pad[i] = k[i] ^ xor }
-            let c = (st + half * D.contextSize).bindMemory(to: D.Context.self, capacity: 1)
-            D.initialize(c)
-            pad.withUnsafeBytes { D.update(c, $0.baseAddress, block) }
+            for half in 0..<2 {
+                let xor: UInt8 = half == 0 ? 0x36 : 0x5c
+                for i in 0..<block { pad.storeBytes(of: k.load(fromByteOffset: i, as: UInt8.self) ^ xor, toByteOffset: i, as: UInt8.self) }
+                let c = (st + half * D.contextSize).bindMemory(to: D.Context.self, capacity: 1)
+                D.initialize(c)
+                D.update(c, pad, block)
+            }
         }
     }
 

@@ -53,8 +53,8 @@ final class YAMLDocument: @unchecked Sendable {
     /// the nodes holds the document.
     var root: ConfigNode { ConfigNode(doc: self, index: rootIndex) }
 
-    /// The arrays while a document is read (the document itself is immutable: nodes read its
-    /// `let` arrays without exclusivity checks).
+    /// The arrays while a document is read; `YAMLDocument(builder, root:)` makes the
+    /// immutable document of them.
     struct Builder {
         var entries: [Entry] = []
         var children: [Int32] = []
