@@ -1,4 +1,5 @@
 import CLibCrypto
+import Synchronization
 
 /// The connection-identifying half of a traffic key derivation (RFC 5925 5.2, Figures 7 and 8):
 /// source and destination address and port, source and destination ISN, from the point of view of
@@ -37,13 +38,14 @@ public final class MasterKey: @unchecked Sendable {
     let prepared: Secret
     /// The master key as configured.
     public let original: Secret
-    /// HMAC: the KDF's PRF keyed once with the master key (its pre-keyed digest states are
-    /// only read when computing, so the workers share it); each traffic key then costs the
-    /// four digest blocks of one HMAC, not a keying as well. AES-CMAC keys a context per
-    /// derivation (its cipher context is written while computing).
-    let hmacPRF: KeyedPRF?
+    /// The KDF's PRF keyed once with the prepared master key, so that a traffic key costs one
+    /// MAC, not a keying as well (a connection derives three on each side). HMAC's pre-keyed
+    /// digest states are only read while computing: the workers share it freely. AES-CMAC's
+    /// cipher context is written while computing: `cmacLock` serializes its use.
+    let prf: KeyedPRF
+    let cmacLock = Mutex(())
 
-    /// A keyed MAC context shared read-only (HMAC's pre-keyed states).
+    /// A keyed MAC context owned by its master key.
     final class KeyedPRF: @unchecked Sendable {
         let key: MACKey
         init(_ key: consuming MACKey) { self.key = key }
@@ -66,7 +68,7 @@ public final class MasterKey: @unchecked Sendable {
         } else {
             prepared = secret
         }
-        hmacPRF = algorithm.kind == .aesCMAC ? nil : secret.withBytes { KeyedPRF(MACKey(algorithm: algorithm, key: $0)) }
+        prf = prepared.withBytes { KeyedPRF(MACKey(algorithm: algorithm, key: $0)) }
     }
 
     /// KDF_alg(master_key, context, output_length) of RFC 5925 5.2 with the input block of
@@ -82,17 +84,16 @@ public final class MasterKey: @unchecked Sendable {
             i += ctx.write(to: p, at: i)
             store16(p, i, UInt16(outLen * 8)); i += 2
             let input = UnsafeRawBufferPointer(start: p, count: i)
-            if let prf = hmacPRF {
-                return TrafficKey(count: outLen) { out in
-                    prf.key.compute(input, UnsafeRawBufferPointer(start: nil, count: 0), into: out.baseAddress!)
+            let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+            if algorithm.kind == .aesCMAC {
+                return withUnsafeTemporaryAllocation(byteCount: 32, alignment: 16) { tmp in
+                    let t = tmp.baseAddress!
+                    defer { OPENSSL_cleanse(t, 32) }
+                    cmacLock.withLock { _ in prf.key.compute(input, empty, into: t) }
+                    return TrafficKey(count: outLen) { $0.baseAddress!.copyMemory(from: t, byteCount: outLen) }
                 }
             }
-            return prepared.withBytes { key in
-                let prf = MACKey(algorithm: algorithm, key: key)
-                return TrafficKey(count: outLen) { out in
-                    prf.compute(input, UnsafeRawBufferPointer(start: nil, count: 0), into: out.baseAddress!)
-                }
-            }
+            return TrafficKey(count: outLen) { prf.key.compute(input, empty, into: $0.baseAddress!) }
         }
     }
 }

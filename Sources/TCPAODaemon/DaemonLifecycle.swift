@@ -258,7 +258,11 @@ public final class Daemon: @unchecked Sendable {
             log.notice("reload: the keys of \(configPath) replace \(runtimeKeyChanges.count) runtime key change(s): \(runtimeKeyChanges.joined(separator: "; "))")
             runtimeKeyChanges = []
         }
+        // The replaced configuration (a fleet's is 50,000 chains whose keys are wiped as they
+        // go) is let go off the control queue, after READY=1.
+        let replaced = config
         config = c
+        DispatchQueue.global(qos: .utility).async { withExtendedLifetime(replaced) {} }
         configText = text
         reloads += 1
         let now = Int64(Date().timeIntervalSince1970)
