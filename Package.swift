@@ -33,8 +33,11 @@ let package = Package(
             "TCPAO", .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "TCPAOPcap", dependencies: ["TCPAO", "TCPAOConfig"]),
+        // glibc's GNU extensions the daemon needs (pipe2, posix_spawn closefrom) for running the
+        // firewall tools.
+        .target(name: "CSysShim"),
         .target(name: "TCPAODaemon", dependencies: [
-            "TCPAO", "TCPAOConfig", "CNetfilterQueue",
+            "TCPAO", "TCPAOConfig", "CNetfilterQueue", "CSysShim",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),

@@ -65,7 +65,7 @@ extension ConfigLoader {
             inlineSecrets = true
             bytes = b
         default:
-            guard let p = n.text, !p.isEmpty else { report(.error, n, path(), "no path()", fix: "write the key file's path()"); return nil }
+            guard let p = n.text, !p.isEmpty else { report(.error, n, path(), "no path", fix: "write the key file's path"); return nil }
             // Relative to the configuration file's directory (which is "" for `--config c.yaml`).
             let dir = (file as NSString).deletingLastPathComponent
             let full = p.hasPrefix("/") || dir.isEmpty ? p : dir + "/" + p

@@ -115,6 +115,13 @@ final class YAMLDocument: @unchecked Sendable {
 
         func error(_ p: yaml_parser_t) -> ParseError {
             let problem = p.problem.map { String(cString: $0) } ?? "the text cannot be read"
+            if p.error == YAML_READER_ERROR {
+                // The reader (e.g. a control character) gives a byte offset, not a mark.
+                let end = min(p.problem_offset, buf.count)
+                var line = 1, lineStart = 0
+                for i in 0..<end where buf[i] == 0x0A { line += 1; lineStart = i + 1 }
+                return ParseError(problem: problem, line: line, column: end - lineStart + 1)
+            }
             if let c = p.context {
                 return ParseError(problem: "\(problem) (\(String(cString: c)) at line \(p.context_mark.line + 1))",
                                   line: Int(p.problem_mark.line) + 1, column: Int(p.problem_mark.column) + 1)

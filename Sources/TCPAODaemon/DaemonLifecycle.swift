@@ -26,7 +26,10 @@ public struct StatsReport: Codable, Sendable {
 /// reloads on SIGHUP, then removes the rules and gives the last queued packets their verdict.
 public final class Daemon: @unchecked Sendable {
     let configPath: String
-    var config: Configuration
+    var config: Configuration { didSet { configGeneration &+= 1 } }
+    /// Changes with every assignment of `config` (reload, runtime key change): the stats
+    /// tick's key events look at every peer again after one.
+    var configGeneration: UInt64 = 0
     let manageRules: Bool
     var log: Logger
     var workers: [Worker] = []
@@ -259,7 +262,7 @@ public final class Daemon: @unchecked Sendable {
             runtimeKeyChanges = []
         }
         // The replaced configuration (a fleet's is 50,000 chains whose keys are wiped as they
-        // go) is let go off the control queue, after READY=1.
+        // go) is let go off the control queue (published views and workers drop theirs too).
         let replaced = config
         config = c
         DispatchQueue.global(qos: .utility).async { withExtendedLifetime(replaced) {} }
@@ -331,7 +334,7 @@ public final class Daemon: @unchecked Sendable {
                 moved += e
                 lost += l
             }
-            for e in events.observe(r.counters, peers: config.peers, now: r.time) + events.keyMoves(moved, lost: lost, peers: config.peers) {
+            for e in events.observe(r.counters, peers: config.peers, now: r.time, generation: configGeneration) + events.keyMoves(moved, lost: lost, peers: config.peers) {
                 log.log(level: e.level, "\(e.message)", metadata: e.metadata.mapValues { .string($0) })
             }
             // systemctl status shows it (every 5 s: a datagram to systemd, nothing when not under it).

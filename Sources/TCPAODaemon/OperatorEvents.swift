@@ -33,28 +33,33 @@ public struct OperatorEvents: Sendable {
     private var preferred: [String: UInt64?] = [:]
     private var validity: [String: (send: Bool, accept: Bool)] = [:]
     private var primed = false
-    /// The chains of the last full look and when a key's lifetime next begins or ends: until
-    /// then, with the same chains, no key event can happen, so a call looks only at the peers
-    /// with counters (a fleet's idle peers cost nothing once a second).
-    private var chains: [KeyChain] = []
+    /// The configuration generation of the last full look and when a key's lifetime next
+    /// begins or ends: until then, with the same configuration and a clock that did not step
+    /// back, no key event can happen, so a call looks only at the peers with counters (a
+    /// fleet's idle peers cost nothing once a second).
+    private var generation: UInt64?
     private var positions: [String: Int] = [:]
     private var nextChange: Int64 = .min
+    private var lastNow: Int64 = .min
 
     public init() {}
 
     /// Events since the last call. Counters are compared with 0 at the first call (a new
     /// process's counters start there); key preference and lifetimes are only learnt then.
-    public mutating func observe(_ c: CounterSnapshot, peers: [PeerPolicy], now: Int64) -> [OperatorEvent] {
+    /// `generation` changes whenever `peers` may have (the daemon's configuration
+    /// generation); nil: unknown, every call looks at every peer.
+    public mutating func observe(_ c: CounterSnapshot, peers: [PeerPolicy], now: Int64, generation g: UInt64? = nil) -> [OperatorEvent] {
         var out: [OperatorEvent] = []
         let first = !primed
         primed = true
-        let changed = peers.count != chains.count || !zip(peers, chains).allSatisfy { $0.keyChain === $1 }
+        let changed = g == nil || g != generation
         if changed {
-            chains = peers.map(\.keyChain)
+            generation = g
             positions = [:]
             for (i, p) in peers.enumerated() where positions[p.name] == nil { positions[p.name] = i }
         }
-        let keysDue = first || changed || now >= nextChange
+        let keysDue = first || changed || now >= nextChange || now < lastNow
+        lastNow = now
         let looked: [Int]
         if keysDue {
             looked = Array(peers.indices)

@@ -1,3 +1,4 @@
+import CSysShim
 import Dispatch
 import Foundation
 #if canImport(Glibc)
@@ -14,16 +15,15 @@ enum Subprocess {
     static func run(_ tool: String, _ args: [String], input: String? = nil) -> (Int32, String) {
         // A tool that exits before reading all of its input must give EPIPE, not kill us.
         _ = ignoreSIGPIPE
+        // Close-on-exec from the start: no tool started meanwhile by another thread keeps a
+        // pipe end open (which would hold off the end of the output).
         var inFds: [Int32] = [-1, -1], outFds: [Int32] = [-1, -1]
-        guard pipe(&inFds) == 0 else { return (127, "\(tool): pipe: \(Sys.describe(Int(errno)))") }
-        guard pipe(&outFds) == 0 else {
+        guard tcpaod_pipe_cloexec(&inFds) == 0 else { return (127, "\(tool): pipe: \(Sys.describe(Int(errno)))") }
+        guard tcpaod_pipe_cloexec(&outFds) == 0 else {
             let e = errno
             close(inFds[0]); close(inFds[1])
             return (127, "\(tool): pipe: \(Sys.describe(Int(e)))")
         }
-        // Close-on-exec (pipe2 is not imported): no other tool started meanwhile keeps a pipe
-        // end open, which would hold off the end of the output.
-        for fd in inFds + outFds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -31,6 +31,8 @@ enum Subprocess {
         posix_spawn_file_actions_adddup2(&actions, inFds[0], 0)
         posix_spawn_file_actions_adddup2(&actions, outFds[1], 1)
         posix_spawn_file_actions_adddup2(&actions, outFds[1], 2)
+        // Nothing else of the daemon's (netlink sockets, a control client) reaches the tool.
+        _ = tcpaod_spawn_closefrom(&actions, 3)
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -41,7 +43,10 @@ enum Subprocess {
         sigemptyset(&none)
         posix_spawnattr_setsigdefault(&attr, &all)
         posix_spawnattr_setsigmask(&attr, &none)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        // Its own process group: a Ctrl-C meant for a foreground `tcpaod run` does not kill an
+        // iptables-restore half-way through the clean-up that follows it.
+        posix_spawnattr_setpgroup(&attr, 0)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
 
         let argv = (["/usr/bin/env", tool] + args).map { strdup($0) }
         defer { argv.forEach { free($0) } }
@@ -53,14 +58,16 @@ enum Subprocess {
         close(outFds[1])
         guard rc == 0 else {
             close(inFds[1]); close(outFds[0])
-            return (127, "\(tool): \(Sys.describe(Int(rc)))")
+            return (127, "\(tool): /usr/bin/env could not be started: \(Sys.describe(Int(rc)))")
         }
-        // The input (an ipset restore of 50,000 members is megabytes) is written while the
-        // output is read, so that neither side waits for the other with a full pipe.
-        let writer = DispatchGroup()
+        // The input (an ipset restore of 50,000 members is megabytes) is written by a thread of
+        // its own while the output is read, so that neither side waits for the other with a
+        // full pipe.
+        let written = DispatchSemaphore(value: 0)
         let inFd = inFds[1]
         if let input {
-            DispatchQueue.global().async(group: writer) {
+            Thread {
+                defer { written.signal() }
                 var bytes = Array(input.utf8)
                 bytes.withUnsafeMutableBytes { b in
                     var off = 0
@@ -70,9 +77,10 @@ enum Subprocess {
                     }
                 }
                 close(inFd)
-            }
+            }.start()
         } else {
             close(inFd)
+            written.signal()
         }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
@@ -81,9 +89,11 @@ enum Subprocess {
             if n > 0 { out += buf[0..<n] } else if n < 0 && errno == EINTR { continue } else { break }
         }
         close(outFds[0])
-        writer.wait()
+        written.wait()
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        var w: pid_t
+        repeat { w = waitpid(pid, &status, 0) } while w < 0 && errno == EINTR
+        guard w == pid else { return (127, "\(tool): waitpid: \(Sys.describe(Int(errno)))") }
         // WIFEXITED / WEXITSTATUS / WTERMSIG, which Swift does not import (macros).
         let signal = status & 0x7f
         let code: Int32 = signal == 0 ? (status >> 8) & 0xff : 128 + signal

@@ -67,5 +67,8 @@ import Yams
         #expect(error("a: 1\n---\nb: 2\n")?.problem.contains("single document") == true)
         #expect(error("a: [1, 2\n")?.line == 2)
         #expect(error("a: \"open\n")?.problem.contains("quoted scalar") == true)
+        // A control character: the reader's byte offset, as a line and column.
+        let control = error("a: 1\nb: x\u{1}y\n")
+        #expect(control?.line == 2 && control?.column == 5 && control?.problem.contains("control characters") == true)
     }
 }

@@ -74,14 +74,18 @@ import TCPAO
         let busy = named("nms", [Self.mkt(1)])
         var peers = [busy, idle]
         let active = CounterSnapshot(total: [:], peers: ["nms": ["dropped-bad-mac": 1]], keys: [:])
-        _ = ev.observe(active, peers: peers, now: 100)
-        for t in 101..<200 { #expect(ev.observe(active, peers: peers, now: Int64(t)).isEmpty) }
+        _ = ev.observe(active, peers: peers, now: 100, generation: 1)
+        for t in 101..<200 { #expect(ev.observe(active, peers: peers, now: Int64(t), generation: 1).isEmpty) }
         // The idle peer's key 2 takes over at 5000: logged though it has no counters.
-        let at = ev.observe(active, peers: peers, now: 5000)
+        let at = ev.observe(active, peers: peers, now: 5000, generation: 1)
         #expect(at.contains { $0.metadata["peer"] == "idle-device" && $0.metadata["event"] == "preferred" && $0.metadata["key"] == "2" })
-        // A reload (new chain objects) with a key that stopped sending at once.
+        // The clock steps back: key 1 is the one again, logged at once.
+        let back = ev.observe(active, peers: peers, now: 4000, generation: 1)
+        #expect(back.contains { $0.metadata["peer"] == "idle-device" && $0.metadata["event"] == "preferred" && $0.metadata["key"] == "1" })
+        _ = ev.observe(active, peers: peers, now: 5000, generation: 1)
+        // A reload (a new generation) with a key that stopped sending at once.
         peers[1] = named("idle-device", [Self.mkt(1, send: Lifetime(start: 0, end: 5000))])
-        let reloaded = ev.observe(active, peers: peers, now: 5001)
+        let reloaded = ev.observe(active, peers: peers, now: 5001, generation: 2)
         #expect(reloaded.contains { $0.metadata["peer"] == "idle-device" && $0.metadata["event"] == "no-send-key" })
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import TCPAODaemon
 #if canImport(Glibc)
@@ -26,8 +27,18 @@ import Glibc
     /// The daemon ignores signals it handles through dispatch sources; a tool starts with
     /// them at their default (a killed tool reports 128 + N).
     @Test func signalsAtTheirDefault() {
-        let old = signal(SIGTERM, SIG_IGN)
-        defer { signal(SIGTERM, old) }
-        #expect(Subprocess.run("sh", ["-c", "kill -TERM $$; echo survived"]).0 == 128 + SIGTERM)
+        // SIGUSR2 (the daemon's "stop for a restart"): nothing else in the test process uses it.
+        let old = signal(SIGUSR2, SIG_IGN)
+        defer { signal(SIGUSR2, old) }
+        #expect(Subprocess.run("sh", ["-c", "kill -USR2 $$; echo survived"]).0 == 128 + SIGUSR2)
+        // Its own process group, and none of our descriptors (one opened here, not
+        // close-on-exec, as libmnl's netlink sockets are not).
+        let fd = open("/dev/null", O_RDONLY)
+        defer { close(fd) }
+        let (rc, out) = Subprocess.run("sh", ["-c", "ps -o pgid= -p $$; ls /proc/$$/fd"])
+        let lines = out.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        #expect(rc == 0 && fd > 2 && lines.count > 3)
+        #expect(lines.first != "\(getpgrp())")
+        #expect(!lines.dropFirst().contains("\(fd)"), "\(lines)")
     }
 }
