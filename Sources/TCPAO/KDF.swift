@@ -38,12 +38,13 @@ public final class MasterKey: @unchecked Sendable {
     let prepared: Secret
     /// The master key as configured.
     public let original: Secret
-    /// The KDF's PRF keyed once with the prepared master key, so that a traffic key costs one
-    /// MAC, not a keying as well (a connection derives three on each side). HMAC's pre-keyed
-    /// digest states are only read while computing: the workers share it freely. AES-CMAC's
-    /// cipher context is written while computing: `cmacLock` serializes its use.
-    let prf: KeyedPRF
-    let cmacLock = Mutex(())
+    /// The KDF's PRF keyed with the prepared master key at the first derivation, then kept, so
+    /// that a traffic key costs one MAC, not a keying as well (a connection derives three on
+    /// each side). Made on first use, so a fleet's 50,000 chains cost nothing until their
+    /// peers connect. HMAC's pre-keyed digest states are only read while computing: the
+    /// workers share it outside the lock. AES-CMAC's cipher context is written while
+    /// computing: it is used under the lock.
+    let prf = Mutex<KeyedPRF?>(nil)
 
     /// A keyed MAC context owned by its master key.
     final class KeyedPRF: @unchecked Sendable {
@@ -68,7 +69,6 @@ public final class MasterKey: @unchecked Sendable {
         } else {
             prepared = secret
         }
-        prf = prepared.withBytes { KeyedPRF(MACKey(algorithm: algorithm, key: $0)) }
     }
 
     /// KDF_alg(master_key, context, output_length) of RFC 5925 5.2 with the input block of
@@ -85,15 +85,23 @@ public final class MasterKey: @unchecked Sendable {
             store16(p, i, UInt16(outLen * 8)); i += 2
             let input = UnsafeRawBufferPointer(start: p, count: i)
             let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+            let (algorithm, prepared) = (self.algorithm, self.prepared)
+            func keyed(_ p: inout KeyedPRF?) -> KeyedPRF {
+                if let k = p { return k }
+                let k = prepared.withBytes { KeyedPRF(MACKey(algorithm: algorithm, key: $0)) }
+                p = k
+                return k
+            }
             if algorithm.kind == .aesCMAC {
                 return withUnsafeTemporaryAllocation(byteCount: 32, alignment: 16) { tmp in
                     let t = tmp.baseAddress!
                     defer { OPENSSL_cleanse(t, 32) }
-                    cmacLock.withLock { _ in prf.key.compute(input, empty, into: t) }
+                    prf.withLock { p in keyed(&p).key.compute(input, empty, into: t) }
                     return TrafficKey(count: outLen) { $0.baseAddress!.copyMemory(from: t, byteCount: outLen) }
                 }
             }
-            return TrafficKey(count: outLen) { prf.key.compute(input, empty, into: $0.baseAddress!) }
+            let k = prf.withLock { p in keyed(&p) }
+            return TrafficKey(count: outLen) { k.key.compute(input, empty, into: $0.baseAddress!) }
         }
     }
 }
