@@ -4,7 +4,9 @@ import PackageDescription
 // Layers (swift-nio style): a pure TCP-AO core with no I/O, then thin shells.
 //   TCPAO        packet views, option editing, checksums, KDF/MAC, SNE, key chains, flow state machine
 //   TCPAOConfig  the YAML configuration (parsing, validation with file:line locations); it reads
-//                libyaml's events through Yams's CYaml module (YAMLDocument.swift)
+//                libyaml's events through Yams's CYaml module (YAMLDocument.swift): a C target
+//                of Yams that SwiftPM makes visible to dependents (Yams exports only `Yams`);
+//                should a Yams release hide it, vendor libyaml as a target of ours)
 //   TCPAOPcap    pcap/pcapng reading and the verify-pcap engine
 //   TCPAODaemon  NFQUEUE workers, iptables rules, signals, logging, the control socket, metrics
 //   tcpaod       the command line
