@@ -35,9 +35,9 @@ extension ConfigLoader {
         var keys: [MKT] = []
         var failed = false
         for (i, item) in items.enumerated() {
-            let kp = "\(path()).keys[\(i)]"
-            guard let k = key(item, kp) else { failed = true; continue }
-            if !checkKey(k, node: item, path: kp, against: keys, chain: name) { failed = true }
+            func kp() -> String { "\(path()).keys[\(i)]" }
+            guard let k = key(item, kp()) else { failed = true; continue }
+            if !checkKey(k, node: item, path: kp(), against: keys, chain: name) { failed = true }
             keys.append(k)
         }
         if !failed { warnMixedOptionLengths(keys, node: keysNode, path: "\(path()).keys") }

@@ -14,16 +14,15 @@ extension ConfigLoader {
         if items.isEmpty { report(.error, n, "peers", "no peer", fix: "add a peer: name, prefix, key-chain") }
         // A fleet may have one chain per peer (one MKT per peer pair): find chains by name, and
         // compare peers with each other by hashing and sorting, never pairwise.
-        var chainsByName: [String: KeyChain] = [:]
-        for c in cfg.keyChains where chainsByName[c.name] == nil { chainsByName[c.name] = c }
+        let chainsByName = Dictionary(cfg.keyChains.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var peerNodes: [(PeerPolicy, ConfigNode)] = []
         // Where the reports comparing each peer with the ones before it go: right after that
         // peer's own diagnostics, as when each peer was compared as soon as it was read.
         var insertAt: [Int] = []
         var itemIndex: [Int] = []
         var used = Set<String>()
-        let chains = cfg.keyChains, byName = chainsByName
-        let read = readEach(items) { l, item, i in l.peer(item, "peers[\(i)]", chains: chains, byName: byName) }
+        let chains = cfg.keyChains
+        let read = readEach(items) { l, item, i in l.peer(item, "peers[\(i)]", chains: chains, byName: chainsByName) }
         for (i, item) in items.enumerated() {
             diagnostics += read[i].diagnostics
             if let p = read[i].value {

@@ -73,6 +73,7 @@ def udp_rtt_us(b, ns, run, a_ns, b_ns, b_ip, count=2000):
 def scale(counts, tcpaod, work, ns, run, a_ns, b_ns, b_ip, log, microbench=None, reps=3):
     import signal
     import socket
+    import statistics
     import subprocess
     import time
     rows = []
@@ -125,12 +126,9 @@ def scale(counts, tcpaod, work, ns, run, a_ns, b_ns, b_ip, log, microbench=None,
                 sock.close()
                 logf.close()
 
-        def med(v):
-            return sorted(v)[len(v) // 2]
-
         def rng(v):
             return "" if len(v) < 2 else " (%.2f-%.2f)" % (min(v), max(v))
-        t_check, t_start, t_reload, t_stop = med(checks), med(starts), med(reloads), med(stops)
+        t_check, t_start, t_reload, t_stop = (statistics.median(v) for v in (checks, starts, reloads, stops))
         row = {"peers": n, "check_s": t_check, "start_to_ready_s": t_start, "reload_s": t_reload, "stop_s": t_stop,
                "check_all_s": checks, "start_all_s": starts, "reload_all_s": reloads, "reps": reps,
                "nfqueue_rules_v6": rules, "udp_rtt_us": rtt, "udp_rtt_no_rules_us": base}
