@@ -1,4 +1,5 @@
 import CLibCrypto
+import Synchronization
 
 /// OpenSSL's low-level digest entry points behind one interface, so HMAC is written once.
 protocol DigestEngine {
@@ -43,18 +44,81 @@ private let aes128CBC: FetchedCipher = {
     return FetchedCipher(pointer: c)
 }()
 
+/// AES-128-CBC contexts given back by dropped AES-CMAC keys, for the next key to re-key.
+///
+/// A connection makes three AES-CMAC contexts on each side (RFC 5925 5.2: the SYN, send and
+/// receive traffic keys). A new EVP context costs two heap allocations and the provider's
+/// context set-up; re-keying a used one (EVP_EncryptInit_ex with no cipher) is only the AES
+/// key expansion. A context given back is first re-keyed with the all-zero key, so no key
+/// schedule outlives its key. At most `limit` are kept; the rest are freed.
+enum CipherContextPool {
+    static let limit = 1024
+    private static let contexts: Mutex<ContextStack> = Mutex(ContextStack())
+
+    struct ContextStack: ~Copyable {
+        /// The contexts' addresses (an address is Sendable; an OpaquePointer is not).
+        let slots = UnsafeMutablePointer<UInt>.allocate(capacity: CipherContextPool.limit)
+        var count = 0
+    }
+
+    /// A context keyed with `key` (16 bytes) and a zero IV.
+    static func take(key: UnsafeRawBufferPointer) -> OpaquePointer {
+        let reused = contexts.withLock { s -> UInt? in
+            guard s.count > 0 else { return nil }
+            s.count -= 1
+            return s.slots[s.count]
+        }.flatMap { OpaquePointer(bitPattern: $0) }
+        let c: OpaquePointer
+        if let r = reused {
+            c = r
+        } else {
+            guard let n = EVP_CIPHER_CTX_new() else { fatalError("EVP_CIPHER_CTX_new failed: out of memory") }
+            c = n
+        }
+        var zero = (UInt64(0), UInt64(0))
+        let ok = withUnsafeBytes(of: &zero) { iv in
+            EVP_EncryptInit_ex(c, reused == nil ? aes128CBC.pointer : nil, nil,
+                               key.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                               iv.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+        precondition(ok == 1, "EVP_EncryptInit_ex(AES-128-CBC) failed")
+        // No EVP_CIPHER_CTX_set_padding(c, 0): CMAC never calls EncryptFinal, so padding is
+        // never applied, and with the flag set OpenSSL 3.0 sets it again (by parameter name)
+        // on every init.
+        return c
+    }
+
+    /// Wipes `c`'s key schedule (re-keyed with zeros) and keeps it, or frees it when `limit`
+    /// are kept already. (Its chaining value, a MAC already sent, is reset by `take`.)
+    static func give(_ c: OpaquePointer) {
+        let zero = (UInt64(0), UInt64(0))
+        let wiped = withUnsafeBytes(of: zero) { z in
+            EVP_EncryptInit_ex(c, nil, nil, z.baseAddress!.assumingMemoryBound(to: UInt8.self), nil) == 1
+        }
+        let address = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(c)))
+        let kept = wiped && contexts.withLock { s -> Bool in
+            guard s.count < limit else { return false }
+            s.slots[s.count] = address
+            s.count += 1
+            return true
+        }
+        if !kept { EVP_CIPHER_CTX_free(c) } // frees and cleanses the key schedule
+    }
+}
+
 /// A keyed MAC context: made once per key (per flow direction for traffic keys) and reused for
 /// every segment without allocating.
 ///
 /// - HMAC-SHA-1 / HMAC-SHA-256: the inner and outer digest states after absorbing the padded key
 ///   are kept; a segment's MAC copies them (a struct copy) and continues. OpenSSL 3.0's EVP_MAC
 ///   re-init instead duplicates its digest context on the heap for every message.
-/// - AES-CMAC (RFC 4493): one keyed EVP AES-128-CBC context (AES-NI) and the subkeys K1, K2; a
-///   segment resets the IV to zero and CBC-encrypts the message, CMAC's last-block rule applied.
+/// - AES-CMAC (RFC 4493): one keyed EVP AES-128-CBC context (AES-NI; re-keyed from
+///   `CipherContextPool` when one is free) and the subkeys K1, K2; a segment resets the IV to
+///   zero and CBC-encrypts the message, CMAC's last-block rule applied.
 public struct MACKey: ~Copyable {
     public let algorithm: AOAlgorithm
     /// Out of line so that it can be wiped in `deinit`: the two pre-keyed digest states (HMAC),
-    /// or K1 | K2 (CMAC).
+    /// or K1 | K2 | V (CMAC; V is the cipher context's CBC chaining value, see `cmac`).
     let state: UnsafeMutableRawPointer
     let cipher: OpaquePointer?
 
@@ -76,12 +140,12 @@ public struct MACKey: ~Copyable {
         }
     }
 
-    /// Out-of-line state: two digest contexts for HMAC, K1 and K2 for CMAC.
+    /// Out-of-line state: two digest contexts for HMAC; K1, K2 and the chaining value for CMAC.
     static func stateSize(_ k: KDFKind) -> Int {
         switch k {
         case .hmacSHA1: 2 * SHA1Engine.contextSize
         case .hmacSHA256: 2 * SHA256Engine.contextSize
-        case .aesCMAC: 32
+        case .aesCMAC: 48
         }
     }
 
@@ -100,7 +164,7 @@ public struct MACKey: ~Copyable {
     deinit {
         OPENSSL_cleanse(state, MACKey.stateSize(algorithm.kind))
         state.deallocate()
-        if let c = cipher { EVP_CIPHER_CTX_free(c) } // frees and cleanses the key schedule
+        if let c = cipher { CipherContextPool.give(c) } // wiped, then kept for the next key
     }
 
     /// Bytes written by `compute`: the PRF's full output before truncation.
@@ -154,18 +218,12 @@ public struct MACKey: ~Copyable {
 
     private static func initCMAC(_ st: UnsafeMutableRawPointer, key: UnsafeRawBufferPointer) -> OpaquePointer {
         precondition(key.count == 16, "AES-128-CMAC takes a 16-byte key (RFC 5926 3.1.1.2 prepares other master keys)")
-        guard let c = EVP_CIPHER_CTX_new() else { fatalError("EVP_CIPHER_CTX_new failed: out of memory") }
-        var zero = (UInt64(0), UInt64(0))
-        let ok = withUnsafeBytes(of: &zero) { iv in
-            EVP_EncryptInit_ex(c, aes128CBC.pointer, nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                               iv.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        }
-        precondition(ok == 1, "EVP_EncryptInit_ex(AES-128-CBC) failed")
-        EVP_CIPHER_CTX_set_padding(c, 0)
+        let c = CipherContextPool.take(key: key)
+        let zero = (UInt64(0), UInt64(0))
         // RFC 4493 2.3: L = AES-128(K, 0^128); K1 = L << 1 (^ Rb); K2 = K1 << 1 (^ Rb).
         var l = (UInt64(0), UInt64(0))
         withUnsafeMutableBytes(of: &l) { lb in
-            withUnsafeBytes(of: &zero) { z in
+            withUnsafeBytes(of: zero) { z in
                 var outl: Int32 = 0
                 EVP_EncryptUpdate(c, lb.baseAddress!.assumingMemoryBound(to: UInt8.self), &outl,
                                   z.baseAddress!.assumingMemoryBound(to: UInt8.self), 16)
@@ -178,6 +236,10 @@ public struct MACKey: ~Copyable {
         st.storeBytes(of: l1.bigEndian, toByteOffset: 8, as: UInt64.self)
         st.storeBytes(of: h2.bigEndian, toByteOffset: 16, as: UInt64.self)
         st.storeBytes(of: l2.bigEndian, toByteOffset: 24, as: UInt64.self)
+        // Encrypting L left the context chaining on L: the first block of the first message
+        // is XORed with it (see `cmac`).
+        st.storeBytes(of: l.0, toByteOffset: 32, as: UInt64.self)
+        st.storeBytes(of: l.1, toByteOffset: 40, as: UInt64.self)
         withUnsafeMutableBytes(of: &l) { OPENSSL_cleanse($0.baseAddress, $0.count) }
         return c
     }
@@ -190,19 +252,22 @@ public struct MACKey: ~Copyable {
         return (nh, nl)
     }
 
+    /// RFC 4493 2.4 is CBC with a zero IV. The context is not reset to a zero IV per message
+    /// (in OpenSSL 3.0 that re-init costs more than MACing a small segment: parameter lookups by
+    /// name); it keeps chaining from its last output block V instead, and the message's first
+    /// block is XORed with V before it goes in: E(V ^ (M1 ^ V)) = E(0 ^ M1), the zero-IV CBC.
+    /// The MAC's last block is encrypted in full, so afterwards the context chains on the full
+    /// output T, which becomes the next message's V.
     @inline(__always)
     private func cmac(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ out: UnsafeMutableRawPointer) {
         let c = cipher.unsafelyUnwrapped
-        var zero = (UInt64(0), UInt64(0))
-        withUnsafeBytes(of: &zero) { iv in
-            _ = EVP_EncryptInit_ex(c, nil, nil, nil, iv.baseAddress!.assumingMemoryBound(to: UInt8.self))
-        }
-        var stream = CMACStream()
+        var stream = CMACStream(chain: (state.load(fromByteOffset: 32, as: UInt64.self), state.load(fromByteOffset: 40, as: UInt64.self)))
         withUnsafeTemporaryAllocation(byteCount: CMACStream.scratchSize, alignment: 16) { scratch in
             stream.feed(c, a, scratch.baseAddress!)
             stream.feed(c, b, scratch.baseAddress!)
         }
         stream.finish(c, subkeys: state, out: out)
+        (state + 32).copyMemory(from: out, byteCount: 16)
     }
 
     // MARK: the one entry point
@@ -247,6 +312,18 @@ private struct CMACStream {
     static let scratchSize = 512
     var pending: (UInt64, UInt64) = (0, 0)
     var n = 0
+    /// The context's chaining value V (raw bytes), XORed into the message's first block, which
+    /// therefore always passes through `pending` (see `MACKey.cmac`).
+    let chain: (UInt64, UInt64)
+    var first = true
+
+    init(chain: (UInt64, UInt64)) { self.chain = chain }
+
+    @inline(__always)
+    static func xor(_ pb: UnsafeMutableRawBufferPointer, _ v: (UInt64, UInt64)) {
+        pb.storeBytes(of: pb.load(fromByteOffset: 0, as: UInt64.self) ^ v.0, toByteOffset: 0, as: UInt64.self)
+        pb.storeBytes(of: pb.load(fromByteOffset: 8, as: UInt64.self) ^ v.1, toByteOffset: 8, as: UInt64.self)
+    }
 
     @inline(__always)
     static func cbc(_ c: OpaquePointer, _ p: UnsafeRawPointer, _ count: Int, _ scratch: UnsafeMutableRawPointer) {
@@ -265,13 +342,19 @@ private struct CMACStream {
         guard piece.count > 0, var d = piece.baseAddress else { return }
         var rem = piece.count
         var filled = n
+        var first = self.first
+        let chain = self.chain
         withUnsafeMutableBytes(of: &pending) { pb in
             let pend = pb.baseAddress!
-            if filled > 0 {
+            if first || filled > 0 {
                 let take = min(16 - filled, rem)
                 (pend + filled).copyMemory(from: d, byteCount: take)
                 filled += take; d += take; rem -= take
-                if filled == 16 && rem > 0 { CMACStream.cbc(c, pend, 16, scratch); filled = 0 }
+                if filled == 16 && rem > 0 {
+                    if first { CMACStream.xor(pb, chain); first = false }
+                    CMACStream.cbc(c, pend, 16, scratch)
+                    filled = 0
+                }
             }
             if rem > 0 {
                 let full = (rem - 1) / 16 * 16 // keep 1...16 bytes back
@@ -281,11 +364,12 @@ private struct CMACStream {
             }
         }
         n = filled
+        self.first = first
     }
 
     @inline(__always)
     mutating func finish(_ c: OpaquePointer, subkeys: UnsafeRawPointer, out: UnsafeMutableRawPointer) {
-        let count = n
+        let count = n, first = self.first, chain = self.chain
         // K1 at offset 0, K2 at 16 (stored in network order, as the block is).
         let k = (subkeys.load(fromByteOffset: count == 16 ? 0 : 16, as: UInt64.self),
                  subkeys.load(fromByteOffset: count == 16 ? 8 : 24, as: UInt64.self))
@@ -296,8 +380,8 @@ private struct CMACStream {
                 var i = count + 1
                 while i < 16 { pend.storeBytes(of: 0, toByteOffset: i, as: UInt8.self); i += 1 }
             }
-            pb.storeBytes(of: pb.load(fromByteOffset: 0, as: UInt64.self) ^ k.0, toByteOffset: 0, as: UInt64.self)
-            pb.storeBytes(of: pb.load(fromByteOffset: 8, as: UInt64.self) ^ k.1, toByteOffset: 8, as: UInt64.self)
+            CMACStream.xor(pb, k)
+            if first { CMACStream.xor(pb, chain) }
             var outl: Int32 = 0
             EVP_EncryptUpdate(c, out.assumingMemoryBound(to: UInt8.self), &outl, pend.assumingMemoryBound(to: UInt8.self), 16)
         }

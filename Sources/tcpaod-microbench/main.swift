@@ -11,15 +11,18 @@
 //       TCPAOD_MICROBENCH_INJECT_ALLOCATION="PATH ALGORITHM FAMILY" (e.g. "verify+strip
 //       AES-128-CMAC-96 IPv6") adds one allocation per segment to that case, to show the check
 //       fails when the measured path allocates.
+//   tcpaod-microbench --connections [N]       only the whole-connection figures (N connections per
+//       algorithm), e.g. to profile what a connection costs under perf
 import CMallocCounter
 import Foundation
 import TCPAO
 import TCPAOTestSupport
 
 let arguments = Array(CommandLine.arguments.dropFirst())
+let connectionsOnly = arguments.first == "--connections"
 let checkAllocations = arguments.first == "--check-allocations"
-let iterations = Int((checkAllocations ? arguments.dropFirst() : arguments[...]).first ?? "") ?? (checkAllocations ? 5000 : 200_000)
-guard iterations > 0 else { print("usage: tcpaod-microbench [ITERATIONS] | --check-allocations [SEGMENTS]"); exit(2) }
+let iterations = Int((checkAllocations || connectionsOnly ? arguments.dropFirst() : arguments[...]).first ?? "") ?? (checkAllocations ? 5000 : 200_000)
+guard iterations > 0 else { print("usage: tcpaod-microbench [ITERATIONS] | --check-allocations [SEGMENTS] | --connections [CONNECTIONS]"); exit(2) }
 let injectInto = ProcessInfo.processInfo.environment["TCPAOD_MICROBENCH_INJECT_ALLOCATION"] ?? ""
 
 @inline(never) func now() -> UInt64 {
@@ -144,6 +147,73 @@ let algorithms: [AOAlgorithm] = [.hmacSHA1_96, .aes128CMAC_96, .hmacSHA256_96, .
     }
 }
 
+/// A whole connection through two engines, as connection churn makes them: SYN, SYN-ACK, ACK,
+/// a request, a response, FIN, FIN-ACK, ACK, each signed by one engine and verified by the
+/// other, a new client port per connection. Its traffic keys and MAC contexts (three per side,
+/// RFC 5925 5.2) are made inside the loop, so this shows what a connection costs beyond its
+/// segments. Per connection, not in the allocation check (a new flow allocates its keys).
+@MainActor func measureConnections(_ f: Family, count: Int) -> [(String, Double, Double)] {
+    var out: [(String, Double, Double)] = []
+    for alg in [AOAlgorithm.hmacSHA1_96, .aes128CMAC_96] {
+        // Every segment built beforehand: the loop times the engines only.
+        var packets: [[UInt8]] = []
+        packets.reserveCapacity(count * 8)
+        let request = [UInt8](repeating: 0x41, count: 200), response = [UInt8](repeating: 0x42, count: 300)
+        for c in 0..<count {
+            let cl = PacketBuilder(src: f.client, dst: f.server, srcPort: UInt16(10_000 + c), dstPort: 830), sv = cl.reversed
+            let ci = UInt32(truncatingIfNeeded: 0x1000_0000 &+ c &* 7919), si = UInt32(truncatingIfNeeded: 0x7000_0000 &+ c &* 104_729)
+            packets.append(cl.segment(seq: ci, flags: 0x02, options: PacketBuilder.synOptions()))
+            packets.append(sv.segment(seq: si, ack: ci &+ 1, flags: 0x12, options: PacketBuilder.synOptions()))
+            packets.append(cl.segment(seq: ci &+ 1, ack: si &+ 1, flags: 0x10, options: PacketBuilder.tsOptions()))
+            packets.append(cl.segment(seq: ci &+ 1, ack: si &+ 1, flags: 0x18, options: PacketBuilder.tsOptions(), payload: request))
+            packets.append(sv.segment(seq: si &+ 1, ack: ci &+ 201, flags: 0x18, options: PacketBuilder.tsOptions(), payload: response))
+            packets.append(cl.segment(seq: ci &+ 201, ack: si &+ 301, flags: 0x11, options: PacketBuilder.tsOptions()))
+            packets.append(sv.segment(seq: si &+ 301, ack: ci &+ 202, flags: 0x11, options: PacketBuilder.tsOptions()))
+            packets.append(cl.segment(seq: ci &+ 202, ack: si &+ 302, flags: 0x10, options: PacketBuilder.tsOptions()))
+        }
+        let chain = testChain(algorithm: alg)
+        let limits = FlowLimits(maxFlows: 2 * count + 1024)
+        let clock = EngineClock(wall: 1_790_000_000, mono: 1)
+        // The fastest of five rounds, each with new engines: this machine's timing is noisy.
+        var best = UInt64.max, allocations = UInt(0)
+        for _ in 0..<5 {
+            var client = AOEngine(config: testConfig(peer: f.serverPrefix, chain: chain, limits: limits))
+            var server = AOEngine(config: testConfig(peer: f.clientPrefix, chain: chain, limits: limits))
+            let m0 = tcpaod_malloc_count()
+            let t0 = now()
+            for (n, bytes) in packets.enumerated() {
+                let fromClient = [0, 2, 3, 5, 7].contains(n & 7)
+                let length = bytes.withUnsafeBytes { b in buf.copyMemory(from: b.baseAddress!, byteCount: b.count); return b.count }
+                guard case .acceptModified(let signed) = fromClient
+                        ? client.process(buf, length: length, capacity: capacity, hint: .egress, clock: clock)
+                        : server.process(buf, length: length, capacity: capacity, hint: .egress, clock: clock),
+                      case .acceptModified = fromClient
+                        ? server.process(buf, length: signed, capacity: capacity, hint: .ingress, clock: clock)
+                        : client.process(buf, length: signed, capacity: capacity, hint: .ingress, clock: clock)
+                else { fatalError("connection \(n / 8) segment \(n & 7) with \(alg) was not signed and verified") }
+            }
+            let t1 = now()
+            best = min(best, t1 - t0)
+            allocations = tcpaod_malloc_count() - m0
+        }
+        out.append((alg.description, Double(best) / Double(count), Double(allocations) / Double(count)))
+        // The part of it that is key making: three traffic keys and MAC contexts per side.
+        let master = chain.keys[0].master
+        let ctx = KDFContext(src: IPAddress(f.client)!, dst: IPAddress(f.server)!, srcPort: 10_000, dstPort: 830, srcISN: 1, dstISN: 2)
+        var bestKeys = UInt64.max
+        for _ in 0..<5 {
+            let k0 = now()
+            for _ in 0..<(count * 6) {
+                let k = MACKey(algorithm: alg, key: master.deriveTrafficKey(ctx))
+                withUnsafeTemporaryAllocation(byteCount: 32, alignment: 16) { o in k.compute(UnsafeRawBufferPointer(start: buf, count: 64), UnsafeRawBufferPointer(start: nil, count: 0), into: o.baseAddress!) }
+            }
+            bestKeys = min(bestKeys, now() - k0)
+        }
+        out.append(("  of which 6 x (traffic key + MAC context)", Double(bestKeys) / Double(count), 0))
+    }
+    return out
+}
+
 func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
 
 /// The per-segment peer lookup (`EngineConfig.peerIndex`, a longest-prefix match) with a few
@@ -217,8 +287,15 @@ if checkAllocations {
     exit(0)
 }
 
+if connectionsOnly {
+    for (alg, ns, allocs) in measureConnections(ipv4, count: min(iterations, 30_000)) {
+        print(pad(alg, 44) + String(format: "%10.0f ns   %.1f allocations", ns, allocs))
+    }
+    exit(0)
+}
 measureAll(ipv4)
 let lookups = measurePeerLookups()
+let connections = measureConnections(ipv4, count: max(2_000, min(iterations / 10, 30_000)))
 print("tcpaod micro-benchmark: 1448-byte payload (1500-byte IPv4 packet with timestamps), \(iterations) iterations each")
 print("CPU: \((try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?.split(separator: "\n").first { $0.hasPrefix("model name") }?.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "?")")
 print("")
@@ -231,6 +308,11 @@ print("peer lookup (EngineConfig.peerIndex, longest-prefix match), ns per lookup
 print(pad("", 24) + lookups.map { pad("\($0.0) peers", 16) }.joined())
 for what in ["hit /128", "hit IPv4 /24", "miss", "scan (before), hit /128"] {
     print(pad(what, 24) + lookups.map { pad(String(format: "%.1f", $0.1[what] ?? 0), 16) }.joined())
+}
+print("")
+print("a whole connection through two engines (8 segments, each signed and verified), per connection, fastest of 5 rounds:")
+for (alg, ns, allocs) in connections {
+    print(pad(alg, 44) + String(format: "%10.0f ns", ns) + (allocs > 0 ? String(format: "   %.1f allocations", allocs) : ""))
 }
 if let path = ProcessInfo.processInfo.environment["MICROBENCH_JSON"] {
     let enc = JSONEncoder()

@@ -57,6 +57,35 @@ import Testing
         let count = mismatches.count
         #expect(count == 0, "\(alg): \(mismatches.prefix(10)) (\(count) in all)")
     }
+
+    /// AES-CMAC keys re-key cipher contexts given back by dropped keys (`CipherContextPool`):
+    /// every key made that way, while others are alive and after others were dropped, must MAC
+    /// as a fresh one does, and its first MAC must not depend on what the context did before.
+    @Test func reusedCipherContextsMACAsFreshOnes() {
+        var rng = SplitMix(seed: 0xc0_47e7)
+        var alive: [MasterKey.KeyedPRF] = [] // a MACKey in a class box
+        var keys: [[UInt8]] = []
+        var mismatches: [String] = []
+        var out = [UInt8](repeating: 0, count: 32)
+        for round in 0..<3000 {
+            let key = (0..<16).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            let msg = (0..<Int(rng.next() % 120)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            let mk = MACKey(algorithm: .aes128CMAC_96, bytes: key)
+            msg.withUnsafeBytes { m in out.withUnsafeMutableBytes { mk.compute(m, UnsafeRawBufferPointer(start: nil, count: 0), into: $0.baseAddress!) } }
+            if Array(out[0..<16]) != Self.reference(.aesCMAC, key: key, message: msg) { mismatches.append("round \(round)") }
+            // Keep some keys alive for a while, drop others at once: contexts go back in a
+            // different order than they came out.
+            if rng.next() % 3 == 0 { alive.append(MasterKey.KeyedPRF(mk)); keys.append(key) }
+            if alive.count > 40 || rng.next() % 5 == 0, !alive.isEmpty {
+                let i = Int(rng.next() % UInt64(alive.count))
+                let k = alive.remove(at: i), kb = keys.remove(at: i)
+                msg.withUnsafeBytes { m in out.withUnsafeMutableBytes { k.key.compute(m, UnsafeRawBufferPointer(start: nil, count: 0), into: $0.baseAddress!) } }
+                if Array(out[0..<16]) != Self.reference(.aesCMAC, key: kb, message: msg) { mismatches.append("round \(round), kept key") }
+            }
+        }
+        let count = mismatches.count
+        #expect(count == 0, "\(mismatches.prefix(10)) (\(count) in all)")
+    }
 }
 
 struct SplitMix {
