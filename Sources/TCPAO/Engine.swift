@@ -33,6 +33,16 @@ public struct AOEngine: ~Copyable {
     var sweepCursor = 0
     /// Where connections' labels are kept outside the process (nil: memory only).
     public var stateStore: (any FlowStateStore)? = nil
+    /// Labels are handed to the store by `savePendingStates`, which the shell calls once a
+    /// batch's verdicts are sent, not before the verdict of the segment that changed them: a
+    /// ctnetlink round trip then no longer delays the SYN-ACK (both ends write there). The price:
+    /// a crash in the microseconds between the two loses that connection's new label, and the
+    /// connection is then dropped (fail closed), as one that was never labelled.
+    public var deferStateSaves = false
+    /// The connections whose label changed since `savePendingStates` last ran (capacity
+    /// reserved once: appending allocates nothing).
+    var pendingSaves: [FlowKey] = []
+    static let maxPendingSaves = 256
     /// Connections whose keys moved, for the log (`takeKeyEvents`).
     var keyEvents = FlowKeyEventBuffer()
 
@@ -44,6 +54,7 @@ public struct AOEngine: ~Copyable {
         counters = CounterBlock(config: config)
         self.synchronized = synchronized
         self.budget = budget
+        pendingSaves.reserveCapacity(AOEngine.maxPendingSaves)
     }
 
     /// Adds a flow within the table's and the shared budget's bounds. When full, a flow that has
@@ -393,8 +404,17 @@ public struct AOEngine: ~Copyable {
     /// second (so a lasting error, e.g. no label space, costs one request per second per flow).
     @inline(__always)
     mutating func persist(_ i: Int, peer: Int, now: UInt32) {
-        guard let store = stateStore, let l = FlowLabel(table.entries[i].state), table.entries[i].savedLabel != l,
+        guard stateStore != nil, let l = FlowLabel(table.entries[i].state), table.entries[i].savedLabel != l,
               table.entries[i].saveRetryAt == 0 || Int32(bitPattern: now &- table.entries[i].saveRetryAt) >= 0 else { return }
+        if deferStateSaves && pendingSaves.count < AOEngine.maxPendingSaves {
+            pendingSaves.append(table.entries[i].key)
+            return
+        }
+        save(i, l, peer: peer, now: now)
+    }
+
+    mutating func save(_ i: Int, _ l: FlowLabel, peer: Int, now: UInt32) {
+        guard let store = stateStore else { return }
         if store.save(table.entries[i].key, l) {
             table.entries[i].savedLabel = l
             table.entries[i].saveRetryAt = 0
@@ -403,6 +423,21 @@ public struct AOEngine: ~Copyable {
             table.entries[i].saveRetryAt = now &+ 1
             counters.bump(.stateSaveFailed, peer: peer)
         }
+    }
+
+    /// Hands the labels changed since the last call to the store (`deferStateSaves`): each
+    /// connection's current label once, if it is still held and its label still differs from
+    /// the one saved.
+    public mutating func savePendingStates(now: UInt32) {
+        var j = 0
+        while j < pendingSaves.count {
+            let k = pendingSaves[j]
+            j += 1
+            guard let i = table.find(k, hash: table.hash(k)), let l = FlowLabel(table.entries[i].state),
+                  table.entries[i].savedLabel != l else { continue }
+            save(i, l, peer: Int(table.entries[i].peer), now: now)
+        }
+        pendingSaves.removeAll(keepingCapacity: true)
     }
 
     // MARK: ICMP (RFC 5925 7.8)

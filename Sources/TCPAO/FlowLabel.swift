@@ -106,10 +106,7 @@ public struct FlowLabel: Sendable, Equatable, CustomStringConvertible {
 
     /// Sets tcpaod's bits in a 16-byte mask (others untouched).
     public static func mask(offset: Int, into out: UnsafeMutableRawPointer) {
-        for b in offset..<(offset + bitCount) {
-            let p = out + b / 8
-            p.storeBytes(of: p.load(as: UInt8.self) | UInt8(1 << (b % 8)), as: UInt8.self)
-        }
+        Label128.store(out, Label128.load(out) | ((UInt128(1) << bitCount) - 1) << offset)
     }
 
     /// Reads a label; nil when tcpaod's bits hold no label of this version (all zero: never
@@ -145,14 +142,22 @@ struct BitWriter {
         bit = offset
     }
 
+    /// Writes the low `n` bits of `v` (n <= 64) at the next `n` bits; `bit + n` <= 128.
     mutating func put(_ v: UInt64, _ n: Int) {
-        for i in 0..<n {
-            let q = p + bit / 8
-            let m = UInt8(1 << (bit % 8))
-            let cur = q.load(as: UInt8.self)
-            q.storeBytes(of: (v >> UInt64(i)) & 1 != 0 ? cur | m : cur & ~m, as: UInt8.self)
-            bit += 1
-        }
+        let m = (n == 64 ? UInt128(UInt64.max) : (UInt128(1) << n) - 1) << bit
+        let x = Label128.load(p)
+        Label128.store(p, (x & ~m) | ((UInt128(v) << bit) & m))
+        bit += n
+    }
+}
+
+/// The 16 label bytes as one little-endian 128-bit number (bit N = byte N/8, bit N%8).
+enum Label128 {
+    @inline(__always) static func load(_ p: UnsafeRawPointer) -> UInt128 {
+        UInt128(littleEndian: p.loadUnaligned(as: UInt128.self))
+    }
+    @inline(__always) static func store(_ p: UnsafeMutableRawPointer, _ v: UInt128) {
+        p.storeBytes(of: v.littleEndian, as: UInt128.self)
     }
 }
 
@@ -165,19 +170,18 @@ struct BitReader {
         bit = offset
     }
 
+    /// Reads the next `n` bits (n <= 64); `bit + n` <= 128.
     mutating func get(_ n: Int) -> UInt64 {
-        var v: UInt64 = 0
-        for i in 0..<n {
-            if (p + bit / 8).load(as: UInt8.self) & UInt8(1 << (bit % 8)) != 0 { v |= 1 << UInt64(i) }
-            bit += 1
-        }
+        let v = UInt64(truncatingIfNeeded: Label128.load(p) >> bit) & (n == 64 ? UInt64.max : (1 << UInt64(n)) - 1)
+        bit += n
         return v
     }
 }
 
 /// Where a worker keeps its connections' labels (the shell: conntrack through ctnetlink). Called
-/// on the packet path only when a label changes (`save`) or a segment arrives for a connection
-/// the engine does not hold (`load`), before the packet's verdict is sent.
+/// on the packet path only when a label changes (`save`: before the segment's verdict is sent,
+/// or with `AOEngine.deferStateSaves` right after its batch's verdicts) or a segment arrives
+/// for a connection the engine does not hold (`load`, before the verdict).
 public protocol FlowStateStore: AnyObject {
     /// The label stored for this connection; `key` is as seen from the protected side.
     func load(_ key: FlowKey) -> FlowLabel?

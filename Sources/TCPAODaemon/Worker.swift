@@ -168,6 +168,8 @@ final class Worker: @unchecked Sendable {
         engine = .allocate(capacity: 1)
         engine.initialize(to: AOEngine(config: config, synchronized: synchronized, budget: budget))
         engine.pointee.stateStore = flowStore
+        // Labels are written once the batch's verdicts are out (see `deferStateSaves`).
+        engine.pointee.deferStateSaves = flowStore != nil
         io = .allocate(capacity: 1)
         io.initialize(to: IOStats(queue: Int(number)))
         self.hostMode = hostMode
@@ -311,6 +313,7 @@ final class Worker: @unchecked Sendable {
                 noteSendResult(r)
             }
             noteSendResult(sock.flush())
+            eng.pointee.savePendingStates(now: clock.mono)
             total += n
             if n < sock.slotCount { break }
         }

@@ -91,6 +91,29 @@ final class MemoryLabelStore: FlowStateStore {
         return (c, s)
     }
 
+    /// With deferred saves (the daemon's workers), a changed label is written when the shell
+    /// says the batch's verdicts are out, once per connection however many of its segments were
+    /// in the batch; a restarted engine carries on from it as from one written at once.
+    @Test func deferredSavesWaitForTheBatchAndWriteOnce() {
+        let store = MemoryLabelStore(offset: 5)
+        var h = Self.hosts(store: store)
+        h.engineA.deferStateSaves = true
+        let (c, s) = Self.open(&h)
+        #expect(store.saves == 0, "written before the batch ended")
+        // More segments of the same connection in the same batch: still one write.
+        _ = h.send(c.segment(seq: 0x1001, ack: 0x7001, flags: 0x18, payload: [1, 2, 3]), from: .a)
+        _ = h.send(s.segment(seq: 0x7001, ack: 0x1004, flags: 0x18, payload: [4, 5]), from: .b)
+        h.engineA.savePendingStates(now: 1)
+        #expect(store.saves == 1, "\(store.saves) writes for one connection's label")
+        h.engineA.savePendingStates(now: 1)
+        #expect(store.saves == 1, "written again with nothing changed")
+        // Restart A from the store: the connection carries on.
+        h.engineA = AOEngine(config: h.engineA.config)
+        h.engineA.stateStore = store
+        let d = h.send(c.segment(seq: 0x1004, ack: 0x7003, flags: 0x10), from: .a)
+        #expect(d.delivered != nil, "restored egress failed: \(d.egress)")
+    }
+
     /// A's engine is replaced by a new one (a restart) that has only the store: the connection
     /// carries on in both directions, across the 2^32 wrap of both sequence spaces, with the
     /// label written only when the state changed.
