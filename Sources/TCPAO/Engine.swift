@@ -36,8 +36,10 @@ public struct AOEngine: ~Copyable {
     /// Labels are handed to the store by `savePendingStates`, which the shell calls once a
     /// batch's verdicts are sent, not before the verdict of the segment that changed them: a
     /// ctnetlink round trip then no longer delays the SYN-ACK (both ends write there). The price:
-    /// a crash in the microseconds between the two loses that connection's new label, and the
-    /// connection is then dropped (fail closed), as one that was never labelled.
+    /// a crash in the microseconds between the two loses that connection's new label: one never
+    /// labelled is then dropped (fail closed); one whose SNE quarter had just moved restores
+    /// from the quarter before (up to 2^30 plus a window behind, at the edge of RFC 9187's
+    /// window; its MACs still decide).
     public var deferStateSaves = false
     /// The connections whose label changed since `savePendingStates` last ran (capacity
     /// reserved once: appending allocates nothing).
@@ -89,6 +91,12 @@ public struct AOEngine: ~Copyable {
         sweepCursor = c
         if let v = victim {
             counters.bump(.flowsEvicted, peer: Int(table.entries[v].peer))
+            // A half-open flow whose label waits for the end of the batch (deferStateSaves):
+            // written now, so that the peer's ACK can still restore it from conntrack.
+            if deferStateSaves, let l = FlowLabel(table.entries[v].state), table.entries[v].savedLabel != l,
+               table.entries[v].saveRetryAt == 0 {
+                save(v, l, peer: Int(table.entries[v].peer), now: table.entries[v].state.lastSeen)
+            }
             removeFlow(at: v)
         }
     }
@@ -433,8 +441,11 @@ public struct AOEngine: ~Copyable {
         while j < pendingSaves.count {
             let k = pendingSaves[j]
             j += 1
+            // Once per connection: a repeat finds the label saved, or the failed save's retry
+            // time not yet come (a store that fails is asked once a second per flow).
             guard let i = table.find(k, hash: table.hash(k)), let l = FlowLabel(table.entries[i].state),
-                  table.entries[i].savedLabel != l else { continue }
+                  table.entries[i].savedLabel != l,
+                  table.entries[i].saveRetryAt == 0 || Int32(bitPattern: now &- table.entries[i].saveRetryAt) >= 0 else { continue }
             save(i, l, peer: Int(table.entries[i].peer), now: now)
         }
         pendingSaves.removeAll(keepingCapacity: true)

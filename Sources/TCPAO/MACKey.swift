@@ -88,12 +88,14 @@ enum CipherContextPool {
         return c
     }
 
-    /// Wipes `c`'s key schedule (re-keyed with zeros) and keeps it, or frees it when `limit`
-    /// are kept already. (Its chaining value, a MAC already sent, is reset by `take`.)
+    /// Wipes `c`'s key schedule (re-keyed with zeros) and its chaining value (IV set to zero:
+    /// the last block it encrypted may be a derived traffic key, a prepared master key, or L),
+    /// and keeps it, or frees it when `limit` are kept already.
     static func give(_ c: OpaquePointer) {
         let zero = (UInt64(0), UInt64(0))
         let wiped = withUnsafeBytes(of: zero) { z in
-            EVP_EncryptInit_ex(c, nil, nil, z.baseAddress!.assumingMemoryBound(to: UInt8.self), nil) == 1
+            let p = z.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            return EVP_EncryptInit_ex(c, nil, nil, p, p) == 1
         }
         let address = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(c)))
         let kept = wiped && contexts.withLock { s -> Bool in
@@ -113,8 +115,8 @@ enum CipherContextPool {
 ///   are kept; a segment's MAC copies them (a struct copy) and continues. OpenSSL 3.0's EVP_MAC
 ///   re-init instead duplicates its digest context on the heap for every message.
 /// - AES-CMAC (RFC 4493): one keyed EVP AES-128-CBC context (AES-NI; re-keyed from
-///   `CipherContextPool` when one is free) and the subkeys K1, K2; a segment resets the IV to
-///   zero and CBC-encrypts the message, CMAC's last-block rule applied.
+///   `CipherContextPool` when one is free) and the subkeys K1, K2; a segment CBC-encrypts the
+///   message, CMAC's last-block rule applied, chaining on from the last MAC (see `cmac`).
 public struct MACKey: ~Copyable {
     public let algorithm: AOAlgorithm
     /// Out of line so that it can be wiped in `deinit`: the two pre-keyed digest states (HMAC),

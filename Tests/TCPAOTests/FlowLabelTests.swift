@@ -112,6 +112,46 @@ final class MemoryLabelStore: FlowStateStore {
         h.engineA.stateStore = store
         let d = h.send(c.segment(seq: 0x1004, ack: 0x7003, flags: 0x10), from: .a)
         #expect(d.delivered != nil, "restored egress failed: \(d.egress)")
+        // A store that fails is asked once for the batch, not once per segment of the flow,
+        // and not again within the second.
+        let failing = MemoryLabelStore(offset: 5)
+        failing.failing = true
+        var h3 = Self.hosts(store: failing)
+        h3.engineA.deferStateSaves = true
+        let (c3, s3) = Self.open(&h3)
+        _ = h3.send(c3.segment(seq: 0x1001, ack: 0x7001, flags: 0x18, payload: [1, 2, 3]), from: .a)
+        _ = h3.send(s3.segment(seq: 0x7001, ack: 0x1004, flags: 0x18, payload: [4, 5]), from: .b)
+        h3.engineA.savePendingStates(now: 1)
+        #expect(failing.saves == 1, "\(failing.saves) attempts with a failing store in one batch")
+        _ = h3.send(c3.segment(seq: 0x1004, ack: 0x7003, flags: 0x10), from: .a)
+        h3.engineA.savePendingStates(now: 1)
+        #expect(failing.saves == 1, "asked again within the second")
+    }
+
+    /// A half-open flow evicted (its engine's table full) before the end of the batch that
+    /// changed its label still has the label written: the client's ACK restores it from there.
+    @Test func anEvictedHalfOpenFlowKeepsItsDeferredLabel() {
+        let store = MemoryLabelStore(offset: 5)
+        let chain = testChain(algorithm: .hmacSHA1_96)
+        var h = TwoHosts(configA: testConfig(peer: "198.51.100.0/24", chain: chain),
+                         configB: testConfig(peer: "192.0.2.0/24", chain: chain, limits: FlowLimits(maxFlows: 2)))
+        h.engineB.stateStore = store
+        h.engineB.deferStateSaves = true
+        let c = PacketBuilder(src: Self.a, dst: Self.b, srcPort: 50123, dstPort: 830), s = c.reversed
+        #expect(h.send(c.segment(seq: 0x1000, flags: 0x02, options: PacketBuilder.synOptions()), from: .a).delivered != nil)
+        #expect(h.send(s.segment(seq: 0x7000, ack: 0x1001, flags: 0x12, options: PacketBuilder.synOptions()), from: .b).delivered != nil)
+        #expect(store.saves == 0)
+        // Two more connections' SYNs in the same batch: the second evicts the first flow.
+        for (port, isn) in [(UInt16(50124), UInt32(0x2000)), (50125, 0x3000)] {
+            let o = PacketBuilder(src: Self.a, dst: Self.b, srcPort: port, dstPort: 830)
+            #expect(h.send(o.segment(seq: isn, flags: 0x02, options: PacketBuilder.synOptions()), from: .a).delivered != nil)
+        }
+        let key = FlowKey(local: IPAddress(Self.b)!, remote: IPAddress(Self.a)!, localPort: 830, remotePort: 50123)
+        #expect(h.engineB.flowState(key) == nil, "not evicted: the test does not test eviction")
+        #expect(store.labels[key] != nil, "the evicted flow's label was never written")
+        h.engineB.savePendingStates(now: 1)
+        let d = h.send(c.segment(seq: 0x1001, ack: 0x7001, flags: 0x10), from: .a)
+        #expect(d.delivered != nil, "the ACK of the evicted connection was dropped: \(String(describing: d.ingress))")
     }
 
     /// A's engine is replaced by a new one (a restart) that has only the store: the connection
