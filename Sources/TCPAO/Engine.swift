@@ -258,7 +258,18 @@ public struct AOEngine: ~Copyable {
         if plan.mkt != chain.pinned { counters.bump(.signed, peer: peer, key: plan.mkt) }
         table.entries[i].signed &+= 1
         persist(i, peer: peer, now: clock.mono)
+        releaseKeysIfDone(i, seg)
         return .acceptModified(length: s.length)
+    }
+
+    /// A connection that is over keeps its entry for a while (retransmissions, `linger`), not
+    /// its keyed MAC contexts: after the RST, or the first segment without FIN once FINs went
+    /// both ways (the last ACK), they are dropped (AES-CMAC's go back to the cipher context
+    /// pool for the next connection). A retransmission after that derives them again.
+    @inline(__always)
+    mutating func releaseKeysIfDone(_ i: Int, _ seg: TCPSegment) {
+        let ph = table.entries[i].state.phase
+        if ph == .reset || (ph == .finished && !seg.isFIN) { table.entries[i].dropKeys() }
     }
 
     // MARK: ingress: verify and strip (RFC 5925 7.5)
@@ -394,6 +405,7 @@ public struct AOEngine: ~Copyable {
             if limit > 0 { table.entries[i].state.reservedOptionLength = UInt8(ao) }
         }
         persist(i, peer: peer, now: clock.mono)
+        releaseKeysIfDone(i, seg)
         return .acceptModified(length: s.length)
     }
 

@@ -445,4 +445,38 @@ import TCPAOTestSupport
         changed[40 + 20 + 4] ^= 0xFF
         #expect(r.delivered == changed)
     }
+
+    /// Once a connection is over (FINs both ways and the last ACK, or an RST) its flow lingers
+    /// without keyed MAC contexts; a retransmitted FIN after that still verifies and its ACK is
+    /// still signed (the traffic keys derived again), with every algorithm.
+    @Test(arguments: [AOAlgorithm.hmacSHA1_96, .aes128CMAC_96])
+    func aFinishedConnectionDropsItsKeysAndStillAnswersRetransmissions(_ alg: AOAlgorithm) {
+        let chain = testChain(algorithm: alg)
+        var h = TwoHosts(configA: testConfig(peer: "198.51.100.0/24", chain: chain), configB: testConfig(peer: "192.0.2.0/24", chain: chain))
+        let c = PacketBuilder(src: "192.0.2.10", dst: "198.51.100.20", srcPort: 50200, dstPort: 830), s = c.reversed
+        let segments: [([UInt8], TwoHosts.Side)] = [
+            (c.segment(seq: 0x1000, flags: 0x02, options: PacketBuilder.synOptions()), .a),
+            (s.segment(seq: 0x7000, ack: 0x1001, flags: 0x12, options: PacketBuilder.synOptions()), .b),
+            (c.segment(seq: 0x1001, ack: 0x7001, flags: 0x10), .a),
+            (c.segment(seq: 0x1001, ack: 0x7001, flags: 0x11), .a), // FIN
+            (s.segment(seq: 0x7001, ack: 0x1002, flags: 0x11), .b), // FIN+ACK
+            (c.segment(seq: 0x1002, ack: 0x7002, flags: 0x10), .a), // the last ACK
+        ]
+        for (n, (p, side)) in segments.enumerated() {
+            #expect(h.send(p, from: side).delivered != nil, "segment \(n) dropped")
+        }
+        let ka = FlowKey(local: IPAddress("192.0.2.10")!, remote: IPAddress("198.51.100.20")!, localPort: 50200, remotePort: 830)
+        let kb = FlowKey(local: ka.remote, remote: ka.local, localPort: 830, remotePort: 50200)
+        for (name, e, k) in [("A", 0, ka), ("B", 1, kb)] {
+            let i = e == 0 ? h.engineA.table.find(k, hash: h.engineA.table.hash(k)) : h.engineB.table.find(k, hash: h.engineB.table.hash(k))
+            #expect(i != nil, "\(name) no longer holds the connection")
+            guard let i else { continue }
+            let held = e == 0 ? (h.engineA.table.entries[i].send != nil, h.engineA.table.entries[i].recv != nil)
+                              : (h.engineB.table.entries[i].send != nil, h.engineB.table.entries[i].recv != nil)
+            #expect(held == (false, false), "\(name) still holds keyed contexts (send, receive): \(held)")
+        }
+        // B did not see the last ACK (say): it retransmits its FIN; A verifies it and ACKs.
+        #expect(h.send(s.segment(seq: 0x7001, ack: 0x1002, flags: 0x11), from: .b).delivered != nil, "retransmitted FIN dropped")
+        #expect(h.send(c.segment(seq: 0x1002, ack: 0x7002, flags: 0x10), from: .a).delivered != nil, "ACK of the retransmission dropped")
+    }
 }
