@@ -424,13 +424,21 @@ public struct AOEngine: ~Copyable {
     /// second (so a lasting error, e.g. no label space, costs one request per second per flow).
     @inline(__always)
     mutating func persist(_ i: Int, peer: Int, now: UInt32) {
-        guard stateStore != nil, let l = FlowLabel(table.entries[i].state), table.entries[i].savedLabel != l,
-              table.entries[i].saveRetryAt == 0 || Int32(bitPattern: now &- table.entries[i].saveRetryAt) >= 0 else { return }
+        guard stateStore != nil, let l = labelToSave(i, now: now) else { return }
         if deferStateSaves && pendingSaves.count < AOEngine.maxPendingSaves {
             pendingSaves.append(table.entries[i].key)
             return
         }
         save(i, l, peer: peer, now: now)
+    }
+
+    /// The flow's label when it differs from the one saved and a failed save's retry time (at
+    /// most once a second) has come; nil otherwise.
+    @inline(__always)
+    func labelToSave(_ i: Int, now: UInt32) -> FlowLabel? {
+        guard let l = FlowLabel(table.entries[i].state), table.entries[i].savedLabel != l,
+              table.entries[i].saveRetryAt == 0 || Int32(bitPattern: now &- table.entries[i].saveRetryAt) >= 0 else { return nil }
+        return l
     }
 
     mutating func save(_ i: Int, _ l: FlowLabel, peer: Int, now: UInt32) {
@@ -455,9 +463,7 @@ public struct AOEngine: ~Copyable {
             j += 1
             // Once per connection: a repeat finds the label saved, or the failed save's retry
             // time not yet come (a store that fails is asked once a second per flow).
-            guard let i = table.find(k, hash: table.hash(k)), let l = FlowLabel(table.entries[i].state),
-                  table.entries[i].savedLabel != l,
-                  table.entries[i].saveRetryAt == 0 || Int32(bitPattern: now &- table.entries[i].saveRetryAt) >= 0 else { continue }
+            guard let i = table.find(k, hash: table.hash(k)), let l = labelToSave(i, now: now) else { continue }
             save(i, l, peer: Int(table.entries[i].peer), now: now)
         }
         pendingSaves.removeAll(keepingCapacity: true)

@@ -52,7 +52,8 @@ import time
 # TCPAOD_FLEET_MODES (e.g. "cdf": with f, flow-state memory) narrows or widens the modes for an
 # experiment; ratios whose modes did not run are left out.
 FLEET_MODES = os.environ.get("TCPAOD_FLEET_MODES", "abcde")
-TCPAOD_MODES = "cde"
+TCPAOD_MODES = "cde"  # the idle measurement's modes
+DAEMON_MODES = "cdefg"  # bench.py's modes that run tcpaod
 MAX_FLOWS = 131072
 N_CAP = 50000
 SUSTAIN = {"sent": 0.98, "received": 0.98, "p99_us": 250000}
@@ -234,7 +235,7 @@ class Fleet:
             p.wait()
 
     def daemons(self, mode):
-        if mode not in "cdefg":
+        if mode not in DAEMON_MODES:
             return None
         extra = "queue-spread: %s\n" % self.queue_spread if self.queue_spread else ""
         return self.b.Daemons(mode, max_flows=MAX_FLOWS, threads=self.threads, extra=extra)
